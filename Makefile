@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test`.
+# Each builds .venv from the pinned requirements.txt when it is missing or older than it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-full venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing pinned requirements into $(VENV) (first run only; ~1 min)..."
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+# The main job: the depth study on offline data (prints its results table).
+demo: $(STAMP)
+	$(PY) launch.py --experiment=demo --workdir=runs
+
+# The test suite. CI=true (set by CI) keeps the quick grids; locally the same.
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist=loadfile tests
+
+# Slow extras (full gradcheck grid, long resume runs).
+test-full: $(STAMP)
+	CNN_JAX_FULL_TESTS=1 $(PY) -m pytest -q -n 2 --dist=loadfile tests
+
+bench: $(STAMP)
+	$(PY) -m bench.train_step --model=resnet --depth=20 --batch=128
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

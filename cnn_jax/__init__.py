@@ -1,0 +1,1 @@
+"""cnn_jax: convolutional networks from first principles, in JAX and Flax."""

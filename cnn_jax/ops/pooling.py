@@ -1,0 +1,118 @@
+"""Pooling as pure functions: max, average, weighted average, Lp norm, and global pools.
+
+Every windowed pool takes ``x`` of shape ``(N, *spatial, C)`` (1, 2 or 3 spatial dims), a
+``window`` (int or per-dim tuple), a ``stride`` (default: the window, i.e. non-overlapping) and
+a ``padding`` of the same forms as the convolutions. Channels are pooled independently.
+Padding counts as ``-inf`` for max pooling and as zeros for the others (so a padded average
+divides by the full window, as ``count_include_pad=True`` does elsewhere); ``"CIRCULAR"``
+wraps around instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+from jax import lax
+
+from cnn_jax.ops import correlation, shapes
+
+
+def _spec(x, window, stride, padding):
+  num_dims = x.ndim - 2
+  if num_dims not in (1, 2, 3):
+    raise ValueError(f"x has shape {tuple(x.shape)} (rank {x.ndim}): pooling expects "
+                     "(N, *spatial, C) with 1, 2 or 3 spatial dims.")
+  window = shapes.as_tuple(window, num_dims, "window")
+  if stride is None:
+    stride = window
+  return correlation.window_spec(x.shape, window, stride, padding, 1, name_kernel="window")
+
+
+def _reduce(x, spec, init, op):
+  dims = (1,) + spec.kernel + (1,)
+  strides = (1,) + spec.stride + (1,)
+  return lax.reduce_window(x, init, op, dims, strides, "VALID")
+
+
+def max_pool(x, window, stride=None, padding="VALID"):
+  """Largest value in each window. ``x``: (N, *spatial, C) → (N, *out_spatial, C)."""
+  spec = _spec(x, window, stride, padding)
+  xp = correlation.pad_input(x, spec, value=-jnp.inf)
+  return _reduce(xp, spec, jnp.array(-jnp.inf, x.dtype), lax.max)
+
+
+def avg_pool(x, window, stride=None, padding="VALID"):
+  """Mean of each window (padding zeros count). ``x``: (N, *spatial, C)."""
+  spec = _spec(x, window, stride, padding)
+  xp = correlation.pad_input(x, spec)
+  size = 1
+  for k in spec.kernel:
+    size *= k
+  return _reduce(xp, spec, jnp.array(0, x.dtype), lax.add) / size
+
+
+def weighted_avg_pool(x, weights, stride=None, padding="VALID"):
+  """Weighted mean of each window, the same window weights for every channel.
+
+  Args:
+    x: ``(N, *spatial, C)``.
+    weights: ``(*window,)`` non-negative weights (e.g. a Gaussian); normalised to sum to 1,
+      so uniform weights give ``avg_pool``.
+    stride, padding: as in ``avg_pool``; stride defaults to the window.
+
+  Raises:
+    ValueError: if ``weights`` does not have one dim per spatial dim of ``x``.
+  """
+  if weights.ndim != x.ndim - 2:
+    raise ValueError(f"weights has shape {tuple(weights.shape)}: expected one dim per spatial "
+                     f"dim of x {tuple(x.shape)}, i.e. rank {x.ndim - 2}.")
+  spec = _spec(x, tuple(weights.shape), stride, padding)
+  weights = (weights / jnp.sum(weights)).astype(x.dtype)
+  channels = x.shape[-1]
+  # Depthwise correlation: one copy of the window weights per channel, groups = C.
+  kernel = jnp.broadcast_to(weights[..., None, None], weights.shape + (1, channels))
+  return correlation.correlate(x, kernel, stride=spec.stride, padding=padding, groups=channels)
+
+
+def gaussian_window(window, sigma: float = 1.0):
+  """A separable Gaussian window of shape ``window`` (a tuple), peak at the centre."""
+  grids = jnp.meshgrid(*[jnp.arange(k) - (k - 1) / 2 for k in window], indexing="ij")
+  return jnp.exp(-sum(g ** 2 for g in grids) / (2 * sigma ** 2))
+
+
+def lp_pool(x, window, p: float = 2.0, stride=None, padding="VALID"):
+  """Lp norm of each window: ``(sum |x|^p)^(1/p)``; p=2 is L2-norm pooling.
+
+  p=1 on non-negative input is sum pooling; as p grows it tends to max pooling of ``|x|``.
+  Computed as ``m * (sum (|x|/m)^p)^(1/p)`` with ``m`` the window's largest ``|x|``, so large p
+  neither overflows nor underflows; an all-zero window gives 0 (and a zero, not NaN, gradient).
+
+  Raises:
+    ValueError: if ``p`` is not a number >= 1.
+  """
+  if isinstance(p, bool) or not isinstance(p, (int, float)) or p < 1:
+    raise ValueError(f"p={p!r} is not allowed: give a number >= 1 (p=2 is L2 pooling).")
+  spec = _spec(x, window, stride, padding)
+  magnitude = jnp.abs(correlation.pad_input(x, spec))
+  already_padded = dataclasses.replace(spec, pads=((0, 0),) * spec.num_dims, circular=False)
+  patches = correlation.extract_patches(magnitude, already_padded)  # (N, *out, *window, C)
+  axes = tuple(range(1 + spec.num_dims, 1 + 2 * spec.num_dims))
+  peak = jnp.max(patches, axis=axes, keepdims=True)
+  nonzero = peak > 0
+  # Both guards keep the gradient finite in all-zero windows (0 * inf would be NaN).
+  safe_peak = jnp.where(nonzero, peak, 1)
+  total = jnp.sum((patches / safe_peak) ** p, axis=axes, keepdims=True)
+  safe_total = jnp.where(nonzero, total, 1)
+  norm = jnp.where(nonzero, safe_peak * safe_total ** (1.0 / p), 0)
+  return jnp.squeeze(norm, axis=axes)
+
+
+def global_avg_pool(x):
+  """Mean over every spatial position: ``(N, *spatial, C)`` → ``(N, C)``."""
+  return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+
+
+def global_max_pool(x):
+  """Largest value over every spatial position: ``(N, *spatial, C)`` → ``(N, C)``."""
+  return jnp.max(x, axis=tuple(range(1, x.ndim - 1)))

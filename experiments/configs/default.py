@@ -1,0 +1,52 @@
+"""The default configuration: every field any experiment, model or trainer reads.
+
+Variants import this and override a few fields. On the command line every field can be set:
+  python launch.py --experiment=train --config=experiments/configs/default.py \
+      --config.model=resnet --config.depth=20 --config.dataset=digits --workdir=runs/x
+Field names are the same in configs, flags, files and result tables.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Model.
+  config.model = "resnet"          # mlp | local | simple_cnn | plain | resnet | bottleneck | resnext
+  config.depth = 20                # 6n+2 for plain/resnet, 9n+2 for bottleneck/resnext
+  config.width = 16                # first-stage filters (resnet); bottleneck width (resnext)
+  config.cardinality = 1           # resnext groups
+  config.shortcut = "A"            # A: identity + zero-padded channels; B: 1x1 projection
+  config.zero_init_residual = False
+  config.stride = 2                # stride of each downsampling stage
+  config.first_stride = 1          # stride of the first conv
+  config.downsample = "conv"       # conv (strided conv) | pool
+  config.pool = "max"              # simple_cnn pooling: max | avg | weighted | l2
+  config.hidden = 128              # mlp / classifier hidden units
+  config.grad = "autodiff"         # autodiff | hand
+  config.dtype = "float32"         # float32 | bfloat16 (compute dtype)
+  # Data.
+  config.dataset = "digits"        # see `launch.py --experiment=datasets`
+  config.image_size = 16           # offline datasets are resized to this
+  config.data_dir = ""             # TFDS data_dir ("" = TFDS's default)
+  config.download = False
+  config.augment = False
+  config.train_size = 0            # 0 = the whole training split
+  # Optimisation.
+  config.optimizer = "sgd"         # sgd | adamw
+  config.learning_rate = 0.1
+  config.momentum = 0.9
+  config.weight_decay = 1e-4
+  config.schedule = "step"         # step (÷10 at 50% and 75%) | cosine | constant
+  config.warmup_steps = 0
+  config.label_smoothing = 0.0
+  config.grad_clip = 0.0           # 0 = off
+  config.batch_size = 128
+  config.num_steps = 200
+  config.seed = 0
+  # Bookkeeping.
+  config.eval_every = 50
+  config.checkpoint_every = 100
+  config.keep_checkpoints = 2
+  config.log_grad_norms_every = 50
+  return config
