@@ -1,0 +1,274 @@
+"""Running experiments: the registry, one run, a sweep of runs, and their collected results.
+
+``launch.py`` only parses flags and calls in here, so everything it does can be reached from
+Python and tested. A run is one call of an experiment's ``run(config, workdir)``; it is finished
+when ``workdir/summary.json`` exists, so a sweep that is started again skips finished runs, and
+an interrupted run resumes from its own checkpoints.
+
+Sweep layout (see shared/DESIGN.md)::
+
+  <workdir>/results.csv  results.md  plots/
+  <workdir>/<run-id>/config.json  metrics.jsonl  summary.json  checkpoints/ ...
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import io
+import itertools
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Callable, Sequence
+
+import ml_collections
+
+from cnn_jax import atomic
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO_ROOT, "experiments", "configs")
+
+# name → what it shows. Each name is a module experiments/<name>.py with run(config, workdir).
+EXPERIMENTS = {
+    "depth_study": "plain vs ResNet against depth (He et al. 2016 Fig. 6); the main demo",
+    "train": "train one model and evaluate it",
+    "summary": "per-layer table of a model: shapes, parameters, MACs, receptive field",
+    "gradcheck": "hand-written backward of every op against jax.vjp and finite differences",
+    "datasets": "list the datasets, their shapes and whether they are available here",
+}
+
+
+class UsageError(ValueError):
+  """A command-line mistake: reported in one line, exit code 2, nothing written."""
+
+
+def check_experiment(name: str) -> str:
+  if name not in EXPERIMENTS:
+    raise UsageError(f"--experiment={name!r} is not known: choose one of "
+                     f"{', '.join(sorted(EXPERIMENTS))}.")
+  return name
+
+
+def experiment_module(name: str):
+  return importlib.import_module(f"experiments.{check_experiment(name)}")
+
+
+def default_config_path(name: str) -> str:
+  """``experiments/configs/<name>.py`` if the experiment has its own, else ``default.py``."""
+  own = os.path.join(CONFIG_DIR, f"{name}.py")
+  return own if os.path.exists(own) else os.path.join(CONFIG_DIR, "default.py")
+
+
+# ------------------------------------------------------------------------------ overrides
+
+
+def parse_value(field: str, text: str, current: Any) -> Any:
+  """Parses ``text`` as the type of the config field's current value."""
+  try:
+    if isinstance(current, bool):
+      lowered = text.lower()
+      if lowered not in ("true", "false", "1", "0"):
+        raise ValueError
+      return lowered in ("true", "1")
+    if isinstance(current, int):
+      return int(text)
+    if isinstance(current, float):
+      return float(text)
+  except ValueError:
+    raise UsageError(f"{field}={text!r} is not allowed: {field} takes a "
+                     f"{type(current).__name__}.") from None
+  return text
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepAxis:
+  field: str
+  values: tuple[Any, ...]
+  texts: tuple[str, ...]  # as the user wrote them, for commands and run names
+
+
+def parse_sweeps(specs: Sequence[str], config: ml_collections.ConfigDict) -> list[SweepAxis]:
+  """Parses ``--sweep=FIELD=v1,v2`` flags against ``config``.
+
+  Raises:
+    UsageError: for a malformed spec, an unknown field, an empty value list or a value of the
+      wrong type.
+  """
+  axes = []
+  for spec in specs:
+    field, sep, values = spec.partition("=")
+    field = field.strip()
+    if not sep or not field:
+      raise UsageError(f"--sweep={spec!r} is not allowed: write --sweep=FIELD=v1,v2,...")
+    if field not in config:
+      raise UsageError(f"--sweep={spec!r}: {field!r} is not a config field; fields are "
+                       f"{', '.join(sorted(config.keys()))}.")
+    texts = tuple(v.strip() for v in values.split(",") if v.strip())
+    if not texts:
+      raise UsageError(f"--sweep={spec!r} has no values: write --sweep={field}=v1,v2,...")
+    if field in [a.field for a in axes]:
+      raise UsageError(f"--sweep names {field!r} twice: give all its values in one flag.")
+    values = tuple(parse_value(field, t, config[field]) for t in texts)
+    axes.append(SweepAxis(field, values, texts))
+  return axes
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  run_id: str
+  config: ml_collections.ConfigDict
+  overrides: tuple[tuple[str, str], ...]  # the sweep's (field, text) pairs for this run
+
+  def workdir(self, root: str) -> str:
+    return os.path.join(root, self.run_id) if self.run_id else root
+
+
+def expand(config: ml_collections.ConfigDict, axes: Sequence[SweepAxis]) -> list[RunSpec]:
+  """The grid of runs: one RunSpec per combination of sweep values (one run if no sweep)."""
+  if not axes:
+    return [RunSpec("", config, ())]
+  runs = []
+  for combo in itertools.product(*[list(zip(a.values, a.texts)) for a in axes]):
+    run_config = ml_collections.ConfigDict(config.to_dict())
+    overrides = []
+    for axis, (value, text) in zip(axes, combo):
+      run_config[axis.field] = value
+      overrides.append((axis.field, text))
+    run_id = ",".join(f"{f}={t}" for f, t in overrides)
+    runs.append(RunSpec(run_id, run_config, tuple(overrides)))
+  return runs
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def is_finished(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, "summary.json"))
+
+
+def read_summary(workdir: str) -> dict:
+  with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def run_one(name: str, config: ml_collections.ConfigDict, workdir: str, *,
+            overwrite: bool = False) -> dict:
+  """Runs experiment ``name`` once into ``workdir``; a finished run is read back, not redone.
+
+  The experiment's own ``run`` writes its files; if it did not write ``summary.json``, the
+  returned summary is written there (atomically), which marks the run finished.
+  """
+  if is_finished(workdir) and not overwrite:
+    return read_summary(workdir)
+  module = experiment_module(name)
+  summary = module.run(config, workdir)
+  if summary is None:
+    summary = {}
+  if not is_finished(workdir) or overwrite:
+    atomic.write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def command_for(name: str, config_arg: str, user_overrides: Sequence[str], run: RunSpec,
+                root: str) -> list[str]:
+  """The command line that runs one run of a sweep by itself (for --dry_run and --parallel)."""
+  command = [sys.executable, os.path.join(REPO_ROOT, "launch.py"), f"--experiment={name}",
+             f"--config={config_arg}"]
+  command += list(user_overrides)
+  command += [f"--config.{field}={text}" for field, text in run.overrides]
+  command.append(f"--workdir={run.workdir(root)}")
+  return command
+
+
+def run_sweep(name: str, runs: Sequence[RunSpec], root: str, *, parallel: int = 1,
+              commands: Sequence[Sequence[str]] | None = None,
+              progress: Callable[[str], None] = print) -> list[dict]:
+  """Runs every run not finished yet, ``parallel`` at a time, and returns all summaries.
+
+  With ``parallel > 1`` each run is a separate process (its command from ``commands``), each
+  told to use ``max(1, cores // parallel)`` threads so that runs do not fight over cores.
+  """
+  pending = [i for i, r in enumerate(runs) if not is_finished(r.workdir(root))]
+  for i, r in enumerate(runs):
+    if i not in pending:
+      progress(f"[skip] {r.run_id or name}: already finished")
+  if parallel == 1 or len(pending) <= 1:
+    for i in pending:
+      progress(f"[run ] {runs[i].run_id or name}")
+      run_one(name, runs[i].config, runs[i].workdir(root))
+  else:
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                        f"intra_op_parallelism_threads={threads}").strip()
+    env["OMP_NUM_THREADS"] = str(threads)
+    queue = list(pending)
+    active: list[tuple[int, subprocess.Popen]] = []
+    failures = []
+    while queue or active:
+      while queue and len(active) < parallel:
+        i = queue.pop(0)
+        progress(f"[run ] {runs[i].run_id} (process)")
+        log = open(os.path.join(_ensure_dir(runs[i].workdir(root)), "launch.log"), "w")
+        active.append((i, subprocess.Popen(commands[i], env=env, stdout=log,
+                                           stderr=subprocess.STDOUT, cwd=REPO_ROOT)))
+      i, process = active.pop(0)
+      if process.wait() != 0:
+        failures.append(runs[i].run_id)
+    if failures:
+      raise RuntimeError(f"{len(failures)} run(s) failed: {', '.join(failures)}; see their "
+                         "launch.log.")
+  return [read_summary(r.workdir(root)) for r in runs]
+
+
+def _ensure_dir(path: str) -> str:
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
+# -------------------------------------------------------------------------------- collecting
+
+
+def _scalar_items(summary: dict) -> dict:
+  return {k: v for k, v in summary.items()
+          if isinstance(v, (int, float, str, bool)) and not isinstance(v, dict)}
+
+
+def collect(runs: Sequence[RunSpec], summaries: Sequence[dict], root: str) -> list[dict]:
+  """Writes ``results.csv`` and ``results.md`` for a sweep: one row per run.
+
+  Columns are the swept fields, then every scalar the runs' summaries share, taken from the
+  summaries exactly as the runs wrote them.
+  """
+  fields = [f for f, _ in runs[0].overrides]
+  scalars = [_scalar_items(s) for s in summaries]
+  shared = [k for k in scalars[0] if all(k in s for s in scalars)]
+  rows = []
+  for run, values in zip(runs, scalars):
+    row = {f: t for f, t in run.overrides}
+    row.update({k: values[k] for k in shared if k not in row})
+    rows.append(row)
+  columns = fields + [k for k in shared if k not in fields]
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=columns)
+  writer.writeheader()
+  writer.writerows(rows)
+  atomic.write_text(os.path.join(root, "results.csv"), buffer.getvalue())
+  atomic.write_text(os.path.join(root, "results.md"), markdown_table(rows, columns))
+  return rows
+
+
+def format_cell(value: Any) -> str:
+  if isinstance(value, float):
+    return f"{value:.4g}"
+  return str(value)
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  for row in rows:
+    lines.append("| " + " | ".join(format_cell(row.get(c, "")) for c in columns) + " |")
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,131 @@
+"""Runs one experiment, or a sweep of it, and collects the results.
+
+  python launch.py --experiment=NAME [--config=FILE[:ARG]] [--config.FIELD=VALUE ...]
+                   [--sweep=FIELD=v1,v2,...]... [--workdir=DIR] [--parallel=N] [--dry_run]
+
+Examples:
+  python launch.py --experiment=train --config.model=resnet --config.depth=20 --workdir=runs/x
+  python launch.py --experiment=train --sweep=model=plain,resnet --sweep=depth=20,32,44,56
+  python launch.py --experiment=depth_study --config=experiments/configs/depth_study.py:demo
+
+Without --config the experiment's own config (experiments/configs/NAME.py) or default.py is
+used; every field can be overridden with --config.FIELD=VALUE. Several --sweep flags form a
+grid; each run gets WORKDIR/<field=value,...>/ and the sweep gets WORKDIR/results.csv and
+results.md. Finished runs (summary.json present) are skipped, so a sweep started again only
+runs what is left. --dry_run prints one command per run instead of running.
+
+Command-line mistakes print one line and exit with code 2 before anything is written.
+"""
+
+import os
+import shlex
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import runner
+
+FLAGS = flags.FLAGS
+HELP_ARGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def _experiment_from_argv(argv):
+  for i, arg in enumerate(argv):
+    if arg.startswith("--experiment="):
+      return arg.split("=", 1)[1]
+    if arg == "--experiment" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def define_flags(argv):
+  name = _experiment_from_argv(argv)
+  default_config = runner.default_config_path(name or "default")
+  flags.DEFINE_string("experiment", None,
+                      "Which study to run: " + "; ".join(
+                          f"{k} ({v})" for k, v in runner.EXPERIMENTS.items()))
+  config_flags.DEFINE_config_file(
+      "config", default_config,
+      "Config file (get_config() → ConfigDict), optionally FILE:ARG; fields are overridden "
+      "with --config.FIELD=VALUE. Default: experiments/configs/<experiment>.py or default.py.")
+  flags.DEFINE_string("workdir", None, "Output folder of the run (or of the sweep). "
+                      "Default: runs/<experiment>.")
+  flags.DEFINE_multi_string("sweep", [], "FIELD=v1,v2,...; several flags form a grid.")
+  flags.DEFINE_integer("parallel", 1, "Runs of a sweep at once, as separate processes.")
+  flags.DEFINE_bool("dry_run", False, "Print one command per run instead of running.")
+  flags.DEFINE_bool("overwrite", False, "Run again even where summary.json says finished.")
+  flags.DEFINE_bool("progress", True, "Progress bars (also off when not on a terminal).")
+
+
+def fail(message: str) -> None:
+  print(f"launch.py: error: {message.splitlines()[0] if message else 'bad usage'}",
+        file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  if any(a in HELP_ARGS for a in argv[1:]):
+    print(__doc__)
+    print("Experiments:")
+    for name, text in runner.EXPERIMENTS.items():
+      print(f"  {name:14s} {text}")
+    print()
+    print(FLAGS.module_help(sys.modules[__name__].__name__ if __name__ != "__main__"
+                            else sys.argv[0]))
+    sys.exit(0)
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+  except (ValueError, KeyError, AttributeError, TypeError) as e:
+    fail(f"bad --config override: {e}")
+
+
+def _user_config_overrides(argv):
+  return [a for a in argv[1:] if a.startswith("--config.")]
+
+
+def main(argv):
+  if len(argv) > 1:
+    fail(f"unexpected arguments {' '.join(argv[1:])!r}: every option is a --flag=value.")
+  try:
+    name = runner.check_experiment(FLAGS.experiment or "")
+    if FLAGS.parallel < 1:
+      raise runner.UsageError(f"--parallel={FLAGS.parallel} is not allowed: give an int >= 1.")
+    config = FLAGS.config
+    if "progress" in config:
+      config.progress = bool(config.progress) and FLAGS.progress
+    axes = runner.parse_sweeps(FLAGS.sweep, config)
+    runs = runner.expand(config, axes)
+  except runner.UsageError as e:
+    fail(str(e))
+  workdir = FLAGS.workdir or os.path.join("runs", name)
+  config_arg = FLAGS["config"].config_filename if hasattr(FLAGS["config"], "config_filename") \
+      else config_flags.get_config_filename(FLAGS["config"])
+  commands = [runner.command_for(name, config_arg, _user_config_overrides(sys.argv), r, workdir)
+              for r in runs]
+  if FLAGS.dry_run:
+    for command in commands:
+      print(shlex.join(command))
+    return 0
+  if not axes:
+    summary = runner.run_one(name, runs[0].config, workdir, overwrite=FLAGS.overwrite)
+    return 0 if summary.get("ok", True) else 1
+  summaries = runner.run_sweep(name, runs, workdir, parallel=FLAGS.parallel, commands=commands)
+  rows = runner.collect(runs, summaries, workdir)
+  print(runner.markdown_table(rows, list(rows[0].keys())))
+  print(f"results: {os.path.join(workdir, 'results.md')}")
+  return 0 if all(s.get("ok", True) for s in summaries) else 1
+
+
+if __name__ == "__main__":
+  try:
+    define_flags(sys.argv)  # config_flags reads --config.FIELD overrides while defining
+  except (KeyError, AttributeError) as e:
+    fail(f"--config.{str(e).strip(chr(34) + chr(39))} is not a field of the config; "
+         "see the config file for the fields.")
+  except (ValueError, TypeError) as e:
+    fail(f"bad --config override: {e}")
+  app.run(main, flags_parser=parse_flags)
