@@ -252,13 +252,20 @@ def collect(runs: Sequence[RunSpec], summaries: Sequence[dict], root: str) -> li
     row.update({k: values[k] for k in shared if k not in row})
     rows.append(row)
   columns = fields + [k for k in shared if k not in fields]
+  write_results(root, rows, columns)
+  return rows
+
+
+def write_results(root: str, rows: Sequence[dict], columns: Sequence[str]) -> str:
+  """Writes ``results.csv`` and ``results.md`` (atomically); returns the markdown table."""
   buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=columns)
+  writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
   writer.writeheader()
   writer.writerows(rows)
   atomic.write_text(os.path.join(root, "results.csv"), buffer.getvalue())
-  atomic.write_text(os.path.join(root, "results.md"), markdown_table(rows, columns))
-  return rows
+  table = markdown_table(rows, columns)
+  atomic.write_text(os.path.join(root, "results.md"), table)
+  return table
 
 
 def format_cell(value: Any) -> str:

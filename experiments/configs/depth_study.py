@@ -1,0 +1,32 @@
+"""Depth study config: plain vs ResNet at growing depth (He et al. 2016, Fig. 6).
+
+  python launch.py --experiment=depth_study                                   # full study
+  python launch.py --experiment=depth_study --config=experiments/configs/depth_study.py:demo
+
+The full study trains 20/32/44/56-layer nets with the paper's recipe (SGD momentum 0.9, lr 0.1
+÷10 at 50% and 75%, weight decay 1e-4, batch 128, option A shortcuts). ``demo`` is the
+`make demo` job: 8/20/56 layers on scikit-learn's digits upsampled to 16×16, 200 steps each,
+which shows the degradation of the deep plain net within minutes on 2 CPU cores.
+"""
+
+from experiments.configs import default
+
+
+def get_config(variant: str = "full"):
+  config = default.get_config()
+  config.models = "plain,resnet"
+  config.depths = "20,32,44,56"
+  config.dataset = "digits"
+  config.image_size = 16
+  config.num_steps = 2000
+  config.eval_every = 100
+  config.log_grad_norms_every = 100
+  if variant == "demo":
+    config.depths = "8,20,56"
+    config.num_steps = 200
+    config.eval_every = 25
+    config.checkpoint_every = 100
+    config.log_grad_norms_every = 100
+  elif variant != "full":
+    raise ValueError(f"depth_study config variant {variant!r} is not known: use full or demo.")
+  return config
