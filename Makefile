@@ -17,7 +17,7 @@ $(STAMP): requirements.txt
 
 # The main job: the depth study on offline data (prints its results table).
 demo: $(STAMP)
-	$(PY) launch.py --experiment=demo --workdir=runs
+	$(PY) launch.py --experiment=depth_study --config=experiments/configs/depth_study.py:demo --workdir=runs/depth_study_demo
 
 # The test suite. CI=true (set by CI) keeps the quick grids; locally the same.
 test: $(STAMP)

@@ -17,6 +17,8 @@ runs what is left. --dry_run prints one command per run instead of running.
 Command-line mistakes print one line and exit with code 2 before anything is written.
 """
 
+from __future__ import annotations
+
 import os
 import shlex
 import sys
@@ -120,7 +122,10 @@ def main(argv):
   return 0 if all(s.get("ok", True) for s in summaries) else 1
 
 
-if __name__ == "__main__":
+def entry(experiment: str | None = None) -> None:
+  """The command-line entry; ``python -m experiments.NAME`` calls it with its own name."""
+  if experiment is not None and not _experiment_from_argv(sys.argv):
+    sys.argv.insert(1, f"--experiment={experiment}")
   try:
     define_flags(sys.argv)  # config_flags reads --config.FIELD overrides while defining
   except (KeyError, AttributeError) as e:
@@ -129,3 +134,7 @@ if __name__ == "__main__":
   except (ValueError, TypeError) as e:
     fail(f"bad --config override: {e}")
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  entry()

@@ -102,3 +102,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   print(table)
   print(f"plots: {os.path.join(workdir, 'plots')}")
   return {"runs": len(results), "results": results}
+
+
+if __name__ == "__main__":
+  import launch  # pylint: disable=g-import-not-at-top
+  launch.entry("depth_study")

@@ -1,0 +1,103 @@
+"""launch.py and the sweep runner: CLI misuse exits 2 and writes nothing; sweeps expand into a
+grid, skip finished runs and collect results from the runs' own summaries."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import runner
+from experiments.configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(*args, cwd):
+  return subprocess.run([sys.executable, os.path.join(REPO, "launch.py"), *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--experiment=nope"], ["'nope' is not known", "depth_study"]),
+    (["--experiment=train", "--parallel=0"], ["--parallel=0", ">= 1"]),
+    (["--experiment=train", "--sweep=nope=1,2"], ["'nope' is not a config field"]),
+    (["--experiment=train", "--sweep=depth="], ["has no values"]),
+    (["--experiment=train", "--sweep=depth=20,x"], ["depth='x'", "int"]),
+    (["--experiment=train", "--config.nope=3"], ["--config.nope is not a field"]),
+    (["--experiment=train", "--config.depth=abc"], ["--config.depth=abc"]),
+    (["--experiment=train", "--bogus=1"], ["bogus"]),
+])
+def test_cli_misuse_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
+  workdir = tmp_path / "out"
+  result = _launch(*args, f"--workdir={workdir}", cwd=tmp_path)
+  assert result.returncode == 2, result.stderr
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, result.stderr
+  for word in words:
+    assert word in lines[0]
+  assert not workdir.exists()
+  assert not (tmp_path / "runs").exists()
+
+
+def test_help_lists_experiments_and_flags(tmp_path):
+  result = _launch("--help", cwd=tmp_path)
+  assert result.returncode == 0
+  for word in ["--sweep", "--parallel", "--dry_run", "--workdir", *runner.EXPERIMENTS]:
+    assert word in result.stdout
+
+
+def test_dry_run_prints_one_command_per_run_of_the_grid(tmp_path):
+  result = _launch("--experiment=train", "--sweep=model=plain,resnet", "--sweep=depth=8,14,20",
+                   "--config.num_steps=3", "--dry_run", f"--workdir={tmp_path / 'w'}",
+                   cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  commands = result.stdout.strip().splitlines()
+  assert len(commands) == 6
+  assert all("--config.num_steps=3" in c for c in commands)
+  assert sum("--config.model=plain" in c and "--config.depth=14" in c for c in commands) == 1
+  assert not (tmp_path / "w").exists()
+
+
+def test_parse_sweeps_types_values_from_the_config():
+  config = default.get_config()
+  axes = runner.parse_sweeps(["depth=8,20", "learning_rate=0.1,0.01", "augment=true,false"],
+                             config)
+  assert [a.values for a in axes] == [(8, 20), (0.1, 0.01), (True, False)]
+  runs = runner.expand(config, axes)
+  assert len(runs) == 8
+  assert len({r.run_id for r in runs}) == 8
+  assert runs[0].config.depth == 8 and config.depth == default.get_config().depth  # no aliasing
+
+
+def test_sweep_skips_finished_runs_and_collects_their_summaries(tmp_path, monkeypatch):
+  calls = []
+
+  class FakeExperiment:
+
+    @staticmethod
+    def run(config, workdir):
+      calls.append((config.depth, config.seed))
+      os.makedirs(workdir, exist_ok=True)
+      return {"score": config.depth * 10 + config.seed}
+
+  monkeypatch.setattr(runner, "experiment_module", lambda name: FakeExperiment)
+  config = default.get_config()
+  runs = runner.expand(config, runner.parse_sweeps(["depth=1,2", "seed=0,1"], config))
+  # A run finished earlier (summary.json present) is not run again.
+  finished = runs[0].workdir(str(tmp_path))
+  os.makedirs(finished)
+  with open(os.path.join(finished, "summary.json"), "w") as f:
+    json.dump({"score": -1}, f)
+  summaries = runner.run_sweep("fake", runs, str(tmp_path), progress=lambda _: None)
+  assert sorted(calls) == [(1, 1), (2, 0), (2, 1)]
+  rows = runner.collect(runs, summaries, str(tmp_path))
+  assert [r["score"] for r in rows] == [-1, 11, 20, 21]
+  csv_text = (tmp_path / "results.csv").read_text()
+  assert csv_text.splitlines()[0] == "depth,seed,score"
+  assert "| 2 | 1 | 21 |" in (tmp_path / "results.md").read_text()
+  # Started again, nothing runs.
+  calls.clear()
+  runner.run_sweep("fake", runs, str(tmp_path), progress=lambda _: None)
+  assert calls == []
