@@ -38,6 +38,12 @@ EXPERIMENTS = {
     "summary": "per-layer table of a model: shapes, parameters, MACs, receptive field",
     "gradcheck": "hand-written backward of every op against jax.vjp and finite differences",
     "datasets": "list the datasets, their shapes and whether they are available here",
+    "stride_sweep": "strides per stage, first-layer stride, strided conv vs pooling",
+    "scale": "dense vs locally connected vs shared layers: parameters, FLOPs, data needed",
+    "grid": "a fixed pixel permutation: the MLP does not care, the CNN does",
+    "resnext": "cardinality against width at about equal parameters (Xie et al. 2017)",
+    "bottleneck": "1x1 bottleneck blocks: parameters and FLOPs saved, accuracy kept",
+    "plot": "redraw a run's curves from its metrics.jsonl (--workdir=RUN)",
 }
 
 
@@ -161,13 +167,15 @@ def run_one(name: str, config: ml_collections.ConfigDict, workdir: str, *,
   The experiment's own ``run`` writes its files; if it did not write ``summary.json``, the
   returned summary is written there (atomically), which marks the run finished.
   """
-  if is_finished(workdir) and not overwrite:
-    return read_summary(workdir)
   module = experiment_module(name)
+  writes_summary = getattr(module, "WRITES_SUMMARY", True)
+  if writes_summary and is_finished(workdir) and not overwrite:
+    print(f"{workdir} is finished (summary.json); --overwrite runs it again.")
+    return read_summary(workdir)
   summary = module.run(config, workdir)
   if summary is None:
     summary = {}
-  if not is_finished(workdir) or overwrite:
+  if writes_summary and (not is_finished(workdir) or overwrite):
     atomic.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 

@@ -50,3 +50,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   config.log_grad_norms_every = 50
   return config
+
+
+def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks any config to seconds of work: the ``:tiny`` variant that the tests run."""
+  config.dataset = "digits"
+  config.image_size = 8
+  config.batch_size = 16
+  config.num_steps = 4
+  config.eval_every = 2
+  config.checkpoint_every = 2
+  config.log_grad_norms_every = 2
+  config.train_size = 128
+  config.depth = 8 if config.model in ("plain", "resnet") else config.depth
+  return config

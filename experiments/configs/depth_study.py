@@ -27,6 +27,10 @@ def get_config(variant: str = "full"):
     config.eval_every = 25
     config.checkpoint_every = 100
     config.log_grad_norms_every = 100
+  elif variant == "tiny":
+    default.tiny(config)
+    config.depths = "8,14"
   elif variant != "full":
-    raise ValueError(f"depth_study config variant {variant!r} is not known: use full or demo.")
+    raise ValueError(f"depth_study config variant {variant!r} is not known: use full, demo "
+                     "or tiny.")
   return config

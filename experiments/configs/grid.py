@@ -1,0 +1,27 @@
+"""Grid study: convolutions assume grid-like data.
+
+  python launch.py --experiment=grid
+
+One fixed random permutation of pixel positions is applied to train and test images. An MLP
+does not see pixel order, so its accuracy stays the same; a CNN's locality prior is broken,
+so its accuracy drops.
+"""
+
+from experiments.configs import default
+
+
+def get_config(variant: str = "full"):
+  config = default.get_config()
+  config.models = "mlp,simple_cnn"
+  config.dataset = "digits"
+  config.image_size = 16
+  config.num_steps = 400
+  config.optimizer = "adamw"
+  config.learning_rate = 1e-3
+  config.schedule = "constant"
+  config.eval_every = 100
+  config.batch_size = 64
+  config.permutation_seed = 1234
+  if variant == "tiny":
+    default.tiny(config)
+  return config

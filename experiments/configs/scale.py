@@ -1,0 +1,33 @@
+"""Scale study: dense vs locally connected vs shared (convolutional) layers.
+
+  python launch.py --experiment=scale
+
+Part 1 counts parameters and multiply-adds of one layer mapping an n×n image to an n×n map, for
+each n in ``sizes`` (dense O(n²)→ here n⁴ weights for n² pixels, local O(n²) = O(pixels),
+shared O(1)). Part 2 trains ``models`` on ``train_sizes`` examples and plots test accuracy
+against training-set size (fewer parameters ⇒ less data needed).
+"""
+
+from experiments.configs import default
+
+
+def get_config(variant: str = "full"):
+  config = default.get_config()
+  config.sizes = "8,16,32,64,128,224"
+  config.models = "mlp,local,simple_cnn"
+  config.train_sizes = "50,100,200,500,1000"
+  config.dataset = "digits"
+  config.image_size = 16
+  config.num_steps = 300
+  config.optimizer = "adamw"
+  config.learning_rate = 1e-3
+  config.weight_decay = 1e-4
+  config.schedule = "constant"
+  config.eval_every = 100
+  config.batch_size = 64
+  if variant == "tiny":
+    default.tiny(config)
+    config.sizes = "8,16,32"
+    config.models = "mlp,simple_cnn"
+    config.train_sizes = "32,64"
+  return config

@@ -1,0 +1,149 @@
+"""The studies' figures, drawn from what runs wrote (metrics.jsonl, summary.json).
+
+Every figure says what it compares in its title, labels its axes with units and has a legend;
+it is saved as PNG through ``cnn_jax.atomic.save_figure``. Because they only read run files,
+any figure can be redrawn from finished runs (``launch.py --experiment=plot``).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from cnn_jax import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TRAIN_ACCURACY = "train_accuracy"
+EVAL_ACCURACY = "eval_accuracy"
+GRAD_NORMS = "grad_norms"
+
+
+def series(metrics: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values) of every metrics row that has ``key``."""
+  rows = [m for m in metrics if key in m and m[key] is not None]
+  return (np.array([m["step"] for m in rows], dtype=float),
+          np.array([m[key] for m in rows], dtype=float))
+
+
+def logged_grad_norms(metrics: Sequence[dict]) -> list[dict]:
+  return [m for m in metrics if isinstance(m.get(GRAD_NORMS), dict) and m[GRAD_NORMS]]
+
+
+def _save(fig, path):
+  atomic.save_figure(fig, path, dpi=120)
+  plt.close(fig)
+
+
+def error_curves_by_family(runs, path: str) -> None:
+  """He et al. Fig. 6: train (dashed) and test (solid) error against iterations per family."""
+  families = sorted({r.config.model for r in runs})
+  fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4), sharey=True,
+                           squeeze=False)
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for ax, family in zip(axes[0], families):
+    members = sorted((r for r in runs if r.config.model == family), key=lambda r: r.config.depth)
+    for i, r in enumerate(members):
+      colour = colours[i % len(colours)]
+      steps, acc = series(r.metrics, TRAIN_ACCURACY)
+      if len(steps):
+        ax.plot(steps, 100 * (1 - acc), "--", color=colour, alpha=0.8)
+      steps, acc = series(r.metrics, EVAL_ACCURACY)
+      if len(steps):
+        ax.plot(steps, 100 * (1 - acc), "-", color=colour, label=f"{family}-{r.config.depth}")
+    ax.set_title(f"{family}: error against iterations (dashed: train, solid: test)")
+    ax.set_xlabel("iteration (training step)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  axes[0][0].set_ylabel("error (%)")
+  _save(fig, path)
+
+
+def gradient_norms_by_layer(runs, path: str) -> None:
+  """Per-layer gradient L2 norm, at the first and at a middle logged step, log scale."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  for r in runs:
+    logged = logged_grad_norms(r.metrics)
+    if not logged:
+      continue
+    for ax, row in zip(axes, (logged[0], logged[len(logged) // 2])):
+      norms = list(row[GRAD_NORMS].values())
+      ax.semilogy(np.arange(1, len(norms) + 1), norms, marker=".", label=f"{r.name}")
+      ax.set_title(f"gradient norm per layer at step {row['step']}")
+  for ax in axes:
+    ax.set_xlabel("layer (input → output)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+  axes[0].set_ylabel("‖∂L/∂W‖₂")
+  _save(fig, path)
+
+
+def lines(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+          xlabel: str, ylabel: str, title: str, logx: bool = False, logy: bool = False,
+          markers: bool = True) -> None:
+  """One line per entry of ``curves`` (label → (x, y))."""
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for label, (x, y) in curves.items():
+    ax.plot(x, y, marker="o" if markers else None, label=label)
+  if logx:
+    ax.set_xscale("log")
+  if logy:
+    ax.set_yscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend()
+  _save(fig, path)
+
+
+def bars(path: str, labels: Sequence[str], values: Sequence[float], *, ylabel: str,
+         title: str) -> None:
+  fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels)), 4))
+  ax.bar(range(len(labels)), values, color="tab:blue")
+  ax.set_xticks(range(len(labels)))
+  ax.set_xticklabels(labels, rotation=20, ha="right")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3, axis="y")
+  _save(fig, path)
+
+
+def image_grid(path: str, images: np.ndarray, *, title: str, columns: int = 8,
+               cmap: str = "gray") -> None:
+  """``images``: (K, H, W) or (K, H, W, 3), each normalised to [0, 1] on its own."""
+  images = np.asarray(images, dtype=float)
+  lo = images.reshape(len(images), -1).min(axis=1)
+  hi = images.reshape(len(images), -1).max(axis=1)
+  shape = (-1,) + (1,) * (images.ndim - 1)
+  images = (images - lo.reshape(shape)) / np.maximum(hi - lo, 1e-12).reshape(shape)
+  rows = int(np.ceil(len(images) / columns))
+  fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.1 + 0.5),
+                           squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for ax, image in zip(axes.flat, images):
+    ax.imshow(image, cmap=cmap if image.ndim == 2 else None, interpolation="nearest")
+  fig.suptitle(title)
+  _save(fig, path)
+
+
+def run_curves(metrics: Sequence[dict], path: str, title: str) -> None:
+  """One run's loss and accuracy against steps (what ``--experiment=plot`` draws)."""
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  for key, ax in (("train_loss", ax_loss), ("eval_loss", ax_loss),
+                  (TRAIN_ACCURACY, ax_acc), (EVAL_ACCURACY, ax_acc)):
+    steps, values = series(metrics, key)
+    if len(steps):
+      ax.plot(steps, values, label=key)
+  ax_loss.set_ylabel("cross-entropy loss")
+  ax_acc.set_ylabel("accuracy (fraction)")
+  for ax in (ax_loss, ax_acc):
+    ax.set_xlabel("training step")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle(title)
+  _save(fig, path)

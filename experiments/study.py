@@ -1,0 +1,185 @@
+"""What every study shares: named training runs that skip when finished, and reading them back.
+
+A study is a list of ``(name, config)`` pairs. ``train_runs`` checks all of them first (by
+building each model, which validates every model field) so a bad value fails before the first
+run starts, then trains each into ``workdir/<name>/`` — or, if that run already has its
+``summary.json``, reads it back instead. Tables and plots are made from what the runs wrote
+(``summary.json``, ``metrics.jsonl``), never recomputed differently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Sequence
+
+import ml_collections
+
+from experiments import runner
+
+
+@dataclasses.dataclass
+class Run:
+  name: str
+  config: ml_collections.ConfigDict
+  workdir: str
+  summary: dict
+  metrics: list[dict]
+
+  @property
+  def train_error(self) -> float:
+    return 1.0 - float(self.summary["train_accuracy"])
+
+  @property
+  def test_error(self) -> float:
+    return 1.0 - float(self.summary["test_accuracy"])
+
+
+def parse_list(text: Any, field: str, cast: Callable = str) -> list:
+  """Splits a comma-separated config field; a one-line ValueError when it is empty or bad."""
+  items = [t.strip() for t in str(text).split(",") if t.strip()]
+  if not items:
+    raise ValueError(f"{field}={text!r} is empty: give a comma-separated list.")
+  try:
+    return [cast(t) for t in items]
+  except ValueError:
+    raise ValueError(f"{field}={text!r} is not allowed: give a comma-separated list of "
+                     f"{cast.__name__}s.") from None
+
+
+def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``overrides`` (the original is never changed)."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  for field, value in overrides.items():
+    if field not in copy:
+      raise ValueError(f"{field} is not a config field.")
+    copy[field] = value
+  return copy
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """A run's ``metrics.jsonl`` as dicts; a torn last line (a crash mid-write) is skipped."""
+  rows = []
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return rows
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return rows
+
+
+def check_models(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]],
+                 num_classes: int | None = None) -> None:
+  """Builds every model once (cheap, no tracing) so a bad field fails before any run."""
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  for _, config in named_configs:
+    config = variant(config)
+    if num_classes is not None:
+      config.num_classes = num_classes
+    models.build(config)
+
+
+def train_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]], workdir: str,
+               *, dataset=None, log: Callable[[str], None] = print) -> list[Run]:
+  """Trains every ``(name, config)`` into ``workdir/name`` unless already finished."""
+  from cnn_jax import train  # pylint: disable=g-import-not-at-top
+  check_models(named_configs, None if dataset is None else dataset.num_classes)
+  runs = []
+  for name, config in named_configs:
+    run_dir = os.path.join(workdir, name)
+    if runner.is_finished(run_dir):
+      log(f"[skip] {name}: already finished")
+      summary = runner.read_summary(run_dir)
+    else:
+      log(f"[run ] {name}")
+      summary = train.train_and_evaluate(config, run_dir, dataset=dataset)
+    runs.append(Run(name, config, run_dir, summary, read_metrics(run_dir)))
+  return runs
+
+
+def parse_variants(text: str, config: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
+  """Parses ``"field=v,field=v;field=v"`` into (name, overrides) pairs, typed by the config.
+
+  Each ``;``-separated item is one variant of the study; its name is the item itself.
+  """
+  variants = []
+  for item in [v.strip() for v in str(text).split(";") if v.strip()]:
+    overrides = {}
+    for assignment in item.split(","):
+      field, sep, value = assignment.partition("=")
+      field = field.strip()
+      if not sep or field not in config:
+        raise ValueError(f"variants item {item!r}: {field!r} is not a config field "
+                         "(write field=value,field=value;...).")
+      overrides[field] = runner.parse_value(field, value.strip(), config[field])
+    variants.append((item.replace("=", "").replace(",", "_"), overrides))
+  if not variants:
+    raise ValueError(f"variants={text!r} is empty: write field=value,...;field=value,...")
+  return variants
+
+
+_DATA_CACHE: dict = {}
+
+
+def load_data(config: ml_collections.ConfigDict):
+  """``cnn_jax.data.load(config)``, loaded once per process for the fields that matter."""
+  from cnn_jax import data  # pylint: disable=g-import-not-at-top
+  key = (config.dataset, config.image_size, config.train_size, config.seed, config.data_dir)
+  if key not in _DATA_CACHE:
+    _DATA_CACHE[key] = data.load(config)
+  return _DATA_CACHE[key]
+
+
+def model_cost(config: ml_collections.ConfigDict, input_shape: Sequence[int]) -> dict:
+  """Parameters, multiply-adds, FLOPs (= 2 × MACs) and receptive field of ``config``'s model.
+
+  ``input_shape`` is one example's shape, e.g. ``(H, W, C)``; nothing is computed but shapes.
+  """
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  from cnn_jax.analysis import counting  # pylint: disable=g-import-not-at-top
+  model = models.build(config)
+  table = counting.summarize(model, (1,) + tuple(input_shape))
+  cost = {"params": int(table["params"]), "macs": int(table["macs"]),
+          "flops": int(table["flops"])}
+  if "receptive_field" in table:
+    cost["receptive_field"] = table["receptive_field"]
+  return cost
+
+
+def compare_variants(config: ml_collections.ConfigDict, workdir: str, *, title: str,
+                     extra_columns: Sequence[str] = ()) -> dict:
+  """Trains one run per ``config.variants`` item and tabulates accuracy beside cost.
+
+  The table has the variant, parameters, MACs, FLOPs, receptive field, images/s (from the
+  run's summary) and final train/test error; the plot shows test error per variant.
+  """
+  from experiments import figures  # pylint: disable=g-import-not-at-top
+  named = [(name, variant(config, **overrides))
+           for name, overrides in parse_variants(config.variants, config)]
+  dataset = load_data(config)
+  shape = dataset.x_train.shape[1:]
+  check_models(named, dataset.num_classes)
+  runs = train_runs(named, workdir)
+  rows = []
+  for r in runs:
+    cost_config = variant(r.config)
+    cost_config.num_classes = dataset.num_classes
+    row = {"variant": r.name}
+    row.update({c: r.config[c] for c in extra_columns})
+    row.update(model_cost(cost_config, shape))
+    row.update({
+        "images_per_s": r.summary.get("images_per_second", ""),
+        "train_error": r.train_error,
+        "test_error": r.test_error,
+    })
+    rows.append(row)
+  table = runner.write_results(workdir, rows, list(rows[0]))
+  figures.bars(os.path.join(workdir, "plots", "test_error.png"), [r["variant"] for r in rows],
+               [100 * r["test_error"] for r in rows], ylabel="test error (%)", title=title)
+  print(table)
+  return {"runs": len(rows), "results": rows}
