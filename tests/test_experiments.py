@@ -1,0 +1,122 @@
+"""Every study runs end to end on its tiny config, writes its table and plot, and its table's
+numbers are the runs' own summaries; a sweep interrupted mid-way finishes without redoing work.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments import runner
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_config(name):
+  module = __import__(f"experiments.configs.{name}", fromlist=["get_config"])
+  config = module.get_config("tiny")
+  if "progress" in config:
+    config.progress = False
+  return config
+
+
+def _read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def _pngs(folder):
+  found = []
+  for root, _, files in os.walk(folder):
+    found += [os.path.join(root, f) for f in files if f.endswith(".png")]
+  return found
+
+
+@pytest.mark.parametrize("name", ["depth_study", "stride_sweep", "resnext", "bottleneck"])
+def test_training_study_table_comes_from_run_summaries(tmp_path, name):
+  workdir = str(tmp_path / name)
+  runner.run_one(name, _tiny_config(name), workdir)
+  rows = _read_csv(os.path.join(workdir, "results.csv"))
+  assert rows and os.path.exists(os.path.join(workdir, "results.md"))
+  assert _pngs(workdir)
+  run_dirs = sorted(d for d in os.listdir(workdir)
+                    if os.path.exists(os.path.join(workdir, d, "summary.json")))
+  assert len(run_dirs) == len(rows)
+  errors = sorted(float(r["test_error"]) for r in rows)
+  from_runs = sorted(1.0 - runner.read_summary(os.path.join(workdir, d))["test_accuracy"]
+                     for d in run_dirs)
+  assert errors == pytest.approx(from_runs, abs=1e-12)
+
+
+def test_scale_counts_reproduce_the_lesson(tmp_path):
+  workdir = str(tmp_path / "scale")
+  summary = runner.run_one("scale", _tiny_config("scale"), workdir)
+  assert summary["dense_224x224x3_to_10"] == 1_505_280
+  counts = summary["counts"]
+  for row in counts:
+    pixels = row["pixels"]
+    assert row["dense_params"] == pixels * pixels      # O(n²) in pixels
+    assert row["local_params"] == 9 * pixels           # O(n)
+    assert row["shared_params"] == 9                   # O(1)
+    assert row["local_macs"] == row["shared_macs"]     # same forward cost
+  assert os.path.exists(os.path.join(workdir, "plots", "parameters.png"))
+  assert os.path.exists(os.path.join(workdir, "plots", "accuracy_vs_train_size.png"))
+
+
+def test_grid_permutation_is_the_same_for_train_and_test(tmp_path):
+  from experiments import grid  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng()
+  images = rng.integers(0, 255, (3, 4, 5, 2)).astype(np.uint8)
+  permutation = rng.permutation(20)
+  moved = grid.permute_pixels(images, permutation)
+  flat = images.reshape(3, 20, 2)
+  assert np.array_equal(moved.reshape(3, 20, 2), flat[:, permutation])
+  # A permutation keeps the multiset of pixel values of every image.
+  assert np.array_equal(np.sort(moved.reshape(3, -1), axis=1),
+                        np.sort(images.reshape(3, -1), axis=1))
+  workdir = str(tmp_path / "grid")
+  runner.run_one("grid", _tiny_config("grid"), workdir)
+  rows = _read_csv(os.path.join(workdir, "results.csv"))
+  assert {(r["model"], r["pixels"]) for r in rows} == {
+      ("mlp", "original"), ("mlp", "permuted"), ("simple_cnn", "original"),
+      ("simple_cnn", "permuted")}
+
+
+def test_interrupted_sweep_finishes_with_four_results_and_runs_nothing_twice(tmp_path):
+  workdir = tmp_path / "sweep"
+  command = [sys.executable, os.path.join(REPO, "launch.py"), "--experiment=train",
+             "--config=" + os.path.join(REPO, "experiments", "configs", "default.py"),
+             "--config.dataset=digits", "--config.image_size=8", "--config.batch_size=16",
+             "--config.train_size=128", "--config.num_steps=6", "--config.eval_every=3",
+             "--config.checkpoint_every=2", "--config.model=simple_cnn", "--noprogress",
+             "--sweep=seed=0,1", "--sweep=learning_rate=0.1,0.05", f"--workdir={workdir}"]
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    done = [p for p in workdir.glob("*/summary.json")]
+    if done:
+      break
+    time.sleep(0.2)
+  os.killpg(process.pid, signal.SIGKILL)
+  process.wait()
+  first = [p.parent for p in workdir.glob("*/summary.json")]
+  assert len(first) >= 1
+  stamps = {p: os.stat(p / "summary.json").st_mtime_ns for p in first}
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert len(list(workdir.glob("*/summary.json"))) == 4
+  for p, stamp in stamps.items():
+    assert os.stat(p / "summary.json").st_mtime_ns == stamp  # not run again
+  for run_dir in workdir.iterdir():
+    if run_dir.is_dir():
+      steps = [json.loads(l)["step"] for l in open(run_dir / "metrics.jsonl")
+               if l.strip() and "train_loss" in json.loads(l)]
+      assert len(steps) == len(set(steps)), run_dir  # no step logged twice
+  assert len(_read_csv(workdir / "results.csv")) == 4
