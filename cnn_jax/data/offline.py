@@ -76,7 +76,10 @@ def _digits_native():
     members = np.flatnonzero(y == label)
     chosen = rng.permutation(members)[:int(round(len(members) * DIGITS_TEST_FRACTION))]
     test[chosen] = True
-  return x[~test], y[~test], x[test], y[test]
+  arrays = (x[~test], y[~test], x[test], y[test])
+  for array in arrays:  # cached: nobody may change them in place
+    array.flags.writeable = False
+  return arrays
 
 
 def digits(image_size: int = 8):
@@ -178,13 +181,29 @@ def shapes10_images(num: int, seed: int, size: int = SHAPES10_SIZE):
 def shapes10(image_size: int = SHAPES10_SIZE, seed: int = 0):
   """shapes10 train (10,000) and test (2,000), generated at 32x32 and resized to ``image_size``.
 
-  Train and test come from different sub-seeds of ``seed``.
+  Train and test come from different sub-seeds of ``seed``. The arrays are cached and
+  read-only (generation takes seconds; a sweep loads the same data many times).
   """
   check_image_size(image_size)
-  x_train, y_train = shapes10_images(SHAPES10_TRAIN, _subseed(seed, 1))
-  x_test, y_test = shapes10_images(SHAPES10_TEST, _subseed(seed, 2))
+  return _shapes10_cached(int(image_size), int(seed))
+
+
+@functools.lru_cache(maxsize=2)
+def _shapes10_cached(image_size: int, seed: int):
+  x_train, y_train, x_test, y_test = _shapes10_native(seed)
   if image_size:
     x_train, x_test = resize_images(x_train, image_size), resize_images(x_test, image_size)
+  arrays = (x_train, y_train, x_test, y_test)
+  for array in arrays:
+    array.flags.writeable = False
+  return arrays
+
+
+@functools.lru_cache(maxsize=1)
+def _shapes10_native(seed: int):
+  # Generated once per seed at 32x32; every image_size is resized from this.
+  x_train, y_train = shapes10_images(SHAPES10_TRAIN, _subseed(seed, 1))
+  x_test, y_test = shapes10_images(SHAPES10_TEST, _subseed(seed, 2))
   return x_train, y_train, x_test, y_test
 
 

@@ -114,8 +114,10 @@ def normalise(images, mean, std) -> jax.Array:
     float32 (N, *spatial, C).
   """
   x = jnp.asarray(images).astype(jnp.float32)
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
+  # Explicit (1, ..., 1, C) shapes: the project runs with jax_numpy_rank_promotion="raise".
+  channel_shape = (1,) * (x.ndim - 1) + (x.shape[-1],)
+  mean = jnp.asarray(mean, jnp.float32).reshape(channel_shape)
+  std = jnp.asarray(std, jnp.float32).reshape(channel_shape)
   return (x - mean) / std
 
 
