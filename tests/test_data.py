@@ -256,9 +256,11 @@ def test_npz_square_greyscale_gets_a_channel_axis(tmp_path, rng):
 
 @pytest.mark.parametrize("change, pattern", [
     (lambda a: a.pop("y_test"), r"missing arrays \['y_test'\]"),
-    (lambda a: a.update(y_train=np.array([0, 1, 9])), r"y_train has labels in \[0, 9\]; allowed \[0, 2\]"),
+    (lambda a: a.update(y_train=np.array([0, 1, 9])),
+     r"y_train has labels in \[0, 9\]; allowed \[0, 2\]"),
     (lambda a: a.update(y_train=np.array([0, 1])), r"y_train has shape \(2,\) but x_train has 3"),
-    (lambda a: a.update(x_test=np.zeros((1, 5, 5, 1), np.uint8)), r"x_test examples have \(5, 5, 1\)"),
+    (lambda a: a.update(x_test=np.zeros((1, 5, 5, 1), np.uint8)),
+     r"x_test examples have \(5, 5, 1\)"),
     (lambda a: a.update(x_train=np.full((3, 4, 4, 1), 300)), r"x_train has dtype int64"),
 ])
 def test_npz_bad_input_names_file_and_problem(tmp_path, change, pattern):

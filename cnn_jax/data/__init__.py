@@ -22,6 +22,8 @@ Config fields read: ``dataset``, ``image_size`` (offline image datasets are resi
 
 from __future__ import annotations
 
+import os
+
 from cnn_jax.data import offline
 from cnn_jax.data import tfds_source
 from cnn_jax.data.dataset import Dataset
@@ -101,11 +103,11 @@ def load(config) -> Dataset:
   elif name.startswith("folder:"):
     from cnn_jax.data import folder  # pylint: disable=g-import-not-at-top
     source = name
-    *arrays, num_classes, class_names = folder.load(name[len("folder:"):])
+    *arrays, num_classes, class_names = folder.load(os.path.expanduser(name[len("folder:"):]))
   elif name.startswith("npz:"):
     from cnn_jax.data import npz  # pylint: disable=g-import-not-at-top
     source = name
-    *arrays, num_classes, class_names = npz.load(name[len("npz:"):])
+    *arrays, num_classes, class_names = npz.load(os.path.expanduser(name[len("npz:"):]))
   else:
     raise _unknown(name)
   return make_dataset(name, *arrays, num_classes, class_names=class_names,
@@ -122,7 +124,8 @@ def describe(name: str, config=None) -> dict:
     dict with keys name, kind, available, train, test, shape, classes, note.
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict(dict(config)) if config is not None else ml_collections.ConfigDict()
+  # An unlocked copy: the caller's config may be locked or frozen.
+  cfg = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else {})
   cfg.dataset = name
   if name in TFDS_DATASETS:
     train, test, shape, classes = tfds_source.TFDS_DATASETS[name]

@@ -87,8 +87,9 @@ def make_dataset(name: str, x_train, y_train, x_test, y_test, num_classes: int, 
   for field, y, x_field in (("y_train", y_train, "x_train"), ("y_test", y_test, "x_test")):
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != arrays[x_field].shape[0]:
-      raise ValueError(f"{where}: {field} has shape {y.shape} but {x_field} has "
-                       f"{arrays[x_field].shape[0]} examples; expected ({arrays[x_field].shape[0]},).")
+      n = arrays[x_field].shape[0]
+      raise ValueError(f"{where}: {field} has shape {y.shape} but {x_field} has {n} examples; "
+                       f"expected ({n},).")
     if not np.issubdtype(y.dtype, np.integer):
       raise ValueError(f"{where}: {field} has dtype {y.dtype}; expected integer labels.")
     if y.size and (y.min() < 0 or y.max() >= num_classes):

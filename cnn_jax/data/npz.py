@@ -2,7 +2,8 @@
 
 Images are uint8 (or integers in 0..255) ``(N, H, W, C)``, ``(N, S, S)`` (square greyscale,
 a channel axis is added) or ``(N, L, C)`` for 1-D data (any other 3-D shape); labels are
-integers ``0..K-1``. The number of classes is ``max(label) + 1`` unless the file also holds an integer ``num_classes``.
+integers ``0..K-1``. The number of classes is ``max(label) + 1`` unless the file also holds an
+integer ``num_classes`` (and optionally ``class_names``).
 """
 
 from __future__ import annotations
