@@ -90,8 +90,10 @@ def test_procedural_datasets_are_deterministic_and_seeded(rng):
   np.testing.assert_array_equal(t1[0], t2[0])
 
 
-def test_shapes10_train_and_test_share_no_image():
-  x_train, _, x_test, _ = offline.shapes10(32, 0)
+@pytest.mark.parametrize("make", [lambda: offline.shapes10(32, 0), lambda: offline.signals1d(64, 0)],
+                         ids=["shapes10", "signals1d"])
+def test_procedural_train_and_test_share_no_example(make):
+  x_train, _, x_test, _ = make()
   assert not set(map(bytes, x_train.reshape(len(x_train), -1))) & set(
       map(bytes, x_test.reshape(len(x_test), -1)))
 
