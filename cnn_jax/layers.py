@@ -97,7 +97,7 @@ class Conv(nn.Module):
                      padding=self.padding, dilation=self.dilation, groups=self.groups)
     if self.use_bias:
       b = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-      y = y + b.astype(self.dtype)
+      y = y + b.astype(self.dtype).reshape((1,) * (y.ndim - 1) + (self.features,))
     return y
 
 
@@ -144,7 +144,7 @@ class LocallyConnected(nn.Module):
                              stride=self.strides, padding=self.padding, dilation=self.dilation)
     if self.use_bias:
       b = self.param("bias", self.bias_init, geo.out_spatial + (self.features,), jnp.float32)
-      y = y + b.astype(self.dtype)
+      y = y + b.astype(self.dtype)[None]
     return y
 
 

@@ -68,7 +68,8 @@ class SplitBlock(nn.Module):
 def split_from_grouped(variables: Mapping[str, Any], cardinality: int) -> dict:
   """Maps a grouped-form network's variables onto the split form's (same function).
 
-  Every block (a dict with ``conv1, conv2, conv3, bn1, bn2, bn3``) becomes ``cardinality``
+  Every block (a dict with ``bn3``: in ``params`` it also holds ``conv1…3``, in ``batch_stats``
+  only the BNs' statistics) becomes ``cardinality``
   branches: branch ``i`` takes output channels ``[i·d, (i+1)·d)`` of ``conv1``, ``bn1``,
   ``conv2`` (whose group ``i`` reads exactly those channels) and ``bn2``, and input channels
   ``[i·d, (i+1)·d)`` of ``conv3``, whose sum over branches is the full 1×1 conv. Slices index the
@@ -85,25 +86,25 @@ def split_from_grouped(variables: Mapping[str, Any], cardinality: int) -> dict:
   def convert(tree):
     if not isinstance(tree, Mapping):
       return tree
-    if {"conv1", "conv2", "conv3"} <= set(tree):
+    if "bn3" in tree:  # only bottleneck blocks have a third BN
       return _split_block(tree, cardinality)
     return {key: convert(value) for key, value in tree.items()}
   return {collection: convert(tree) for collection, tree in variables.items()}
 
 
 def _split_block(block: Mapping[str, Any], cardinality: int) -> dict:
-  inner = block["conv1"]["kernel"].shape[-1]
+  inner = jax.tree.leaves(block["bn1"])[0].shape[-1]
   d = inner // cardinality
   out = {key: value for key, value in block.items()
          if key not in ("conv1", "conv2", "conv3", "bn1", "bn2")}
   last = lambda a, i: a[..., i * d:(i + 1) * d]
   for i in range(cardinality):
-    out[f"branch{i}_conv1"] = {"kernel": last(block["conv1"]["kernel"], i)}
-    out[f"branch{i}_conv2"] = {"kernel": last(block["conv2"]["kernel"], i)}
-    out[f"branch{i}_conv3"] = {"kernel": block["conv3"]["kernel"][..., i * d:(i + 1) * d, :]}
-    for bn in ("bn1", "bn2"):
-      if bn in block:  # params hold scale/bias, batch_stats hold mean/var: both per channel
-        out[f"branch{i}_{bn}"] = jax.tree.map(lambda a, i=i: last(a, i), dict(block[bn]))
+    if "conv1" in block:  # the params collection
+      out[f"branch{i}_conv1"] = {"kernel": last(block["conv1"]["kernel"], i)}
+      out[f"branch{i}_conv2"] = {"kernel": last(block["conv2"]["kernel"], i)}
+      out[f"branch{i}_conv3"] = {"kernel": block["conv3"]["kernel"][..., i * d:(i + 1) * d, :]}
+    for bn in ("bn1", "bn2"):  # scale/bias in params, mean/var in batch_stats: per channel
+      out[f"branch{i}_{bn}"] = jax.tree.map(lambda a, i=i: last(a, i), dict(block[bn]))
   return out
 
 
