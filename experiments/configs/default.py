@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.depth = 20                # 6n+2 for plain/resnet, 9n+2 for bottleneck/resnext
   config.width = 16                # first-stage filters (resnet); bottleneck width (resnext)
   config.cardinality = 1           # resnext groups
+  config.stem_width = 64           # resnext stem filters (stage outputs 4x, 8x, 16x; Xie: 64)
   config.shortcut = "A"            # A: identity + zero-padded channels; B: 1x1 projection
   config.zero_init_residual = False
   config.stride = 2                # stride of each downsampling stage
@@ -25,9 +26,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.hidden = 128              # mlp / classifier hidden units
   config.grad = "autodiff"         # autodiff | hand
   config.dtype = "float32"         # float32 | bfloat16 (compute dtype)
+  config.num_classes = 10          # classifier outputs (the trainer sets it from the dataset)
   # Data.
   config.dataset = "digits"        # see `launch.py --experiment=datasets`
   config.image_size = 16           # offline datasets are resized to this
+  config.input_channels = 3        # for summaries without loading data (trainer uses the data's)
   config.data_dir = ""             # TFDS data_dir ("" = TFDS's default)
   config.download = False
   config.augment = False

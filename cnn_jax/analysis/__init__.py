@@ -1,0 +1,1 @@
+"""Analysis tools: layer accounting, receptive fields, equivariance, gradient flow."""

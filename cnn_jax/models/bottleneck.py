@@ -1,0 +1,160 @@
+"""Bottleneck residual networks (depth 9n+2): 1×1 → 3×3 → 1×1 blocks.
+
+A 1×1 convolution is a weighted pooling along the depth (channel) axis: it mixes channels at
+each position with no spatial extent. A bottleneck block uses one to shrink ``4·w`` channels to
+``w``, does the spatial 3×3 work at the narrow width, and expands back with another, which costs
+``4w·w + 9w·w + w·4w = 17w²`` weights per position instead of the ``2·9·(4w)² = 288w²`` of two
+3×3 convs at full width. ``docs/models.md`` tabulates the parameter and FLOP savings.
+
+The same network, with a grouped 3×3 conv and wider bottlenecks, is ResNeXt
+(``cnn_jax.models.resnext``): ``BottleneckResNet`` takes ``cardinality`` (groups of the 3×3)
+and ``bottleneck_width`` (channels per group) so one definition serves both families.
+Stage ``i`` (0, 1, 2) has ``cardinality · bottleneck_width · 2^i`` inner channels and
+``4 · stem_features · 2^i`` output channels: He et al.'s CIFAR bottleneck ResNets have
+cardinality 1 and ``bottleneck_width = stem_features = 16`` (outputs 64/128/256); Xie et al.'s
+ResNeXt-29 8×64d has cardinality 8, bottleneck width 64 and a 64-filter stem (outputs
+256/512/1024).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnn_jax import layers
+from cnn_jax.models import checks, stages
+from cnn_jax.models.resnet import validate_common
+
+BLOCK_FORMS = ("grouped", "split")
+
+
+class BottleneckBlock(nn.Module):
+  """1×1 (inner) → 3×3 grouped (inner, stride) → 1×1 (features), BN after each, + shortcut.
+
+  ``x: (N, *spatial, C_in)`` → ``(N, *ceil(spatial / strides), features)``. This is the
+  grouped-convolution form (c) of Xie et al. (2017, Fig. 3); ``resnext.SplitBlock`` is form (a).
+
+  Attributes:
+    features: output channels.
+    inner_features: bottleneck channels (cardinality × width per group).
+    groups: groups of the 3×3 conv (the cardinality).
+    strides: stride of the 3×3 conv.
+    residual, shortcut, zero_init_residual, grad, dtype: as ``resnet.BasicBlock``.
+  """
+  features: int
+  inner_features: int
+  groups: int = 1
+  strides: int = 1
+  residual: bool = True
+  shortcut: str = "A"
+  zero_init_residual: bool = False
+  grad: str = "autodiff"
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    dtype = stages.compute_dtype(self.dtype)
+    conv = functools.partial(layers.Conv, padding="SAME", use_bias=False, grad=self.grad,
+                             dtype=dtype)
+    y = conv(self.inner_features, 1, name="conv1")(x)
+    y = nn.relu(stages.batch_norm(train, dtype, name="bn1")(y))
+    y = conv(self.inner_features, 3, strides=self.strides, groups=self.groups, name="conv2")(y)
+    y = nn.relu(stages.batch_norm(train, dtype, name="bn2")(y))
+    y = conv(self.features, 1, name="conv3")(y)
+    y = stages.batch_norm(train, dtype, name="bn3", zero_scale=self.zero_init_residual)(y)
+    if self.residual:
+      y = y + stages.shortcut(x, features=self.features, strides=self.strides,
+                              kind=self.shortcut, train=train, grad=self.grad, dtype=dtype)
+    return nn.relu(y)
+
+
+class BottleneckResNet(nn.Module):
+  """CIFAR bottleneck ResNet / ResNeXt of depth 9n+2.
+
+  ``x: (N, *spatial, C)`` → logits ``(N, num_classes)`` (float32).
+
+  Attributes:
+    num_classes: classifier outputs.
+    depth: 9n+2 (n blocks per stage, three stages).
+    stem_features: filters of the 3×3 stem conv; stage outputs are 4×, 8×, 16× this.
+    bottleneck_width: inner channels per group in stage 1 (doubles every stage).
+    cardinality: groups of the 3×3 convs.
+    block_form: ``"grouped"`` (one grouped conv) or ``"split"`` (explicit
+      split-transform-merge branches, ``resnext.SplitBlock``; same function, given the weights).
+    model: the name used in error messages (``"bottleneck"`` or ``"resnext"``).
+    Other attributes as ``resnet.ResNet``.
+  """
+  num_classes: int
+  depth: int = 29
+  stem_features: int = 16
+  bottleneck_width: int = 16
+  cardinality: int = 1
+  residual: bool = True
+  shortcut: str = "A"
+  zero_init_residual: bool = False
+  stride: int = 2
+  first_stride: int = 1
+  downsample: str = "conv"
+  pool: str = "max"
+  grad: str = "autodiff"
+  dtype: str = "float32"
+  block_form: str = "grouped"
+  model: str = "bottleneck"
+  scan_blocks: bool = True
+
+  @property
+  def width(self) -> int:
+    return self.bottleneck_width
+
+  def __post_init__(self):
+    self.blocks_per_stage = checks.check_depth(self.model, self.depth, layers_per_block=3)
+    validate_common(self, self.model)
+    checks.check_int("stem_features", self.stem_features)
+    checks.check_choice("block_form", self.block_form, BLOCK_FORMS)
+    if self.model == "bottleneck" and self.bottleneck_width % self.cardinality:
+      # Here ``width`` is the whole bottleneck (He et al.), which the groups must split evenly.
+      raise ValueError(f"cardinality={self.cardinality} is not allowed with "
+                       f"width={self.bottleneck_width}: the cardinality must divide the width.")
+    super().__post_init__()
+
+  def downsampling_steps(self):
+    return [("first_stride", self.first_stride), ("stride", self.stride), ("stride", self.stride)]
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    checks.check_downsampling(x.shape[1:-1], self.downsampling_steps())
+    dtype = stages.compute_dtype(self.dtype)
+    x = layers.Conv(self.stem_features, 3, strides=self.first_stride, padding="SAME",
+                    use_bias=False, grad=self.grad, dtype=dtype, name="conv1")(x)
+    x = nn.relu(stages.batch_norm(train, dtype, name="bn1")(x))
+    if self.block_form == "grouped":
+      block_cls = BottleneckBlock
+    else:
+      from cnn_jax.models.resnext import SplitBlock  # pylint: disable=g-import-not-at-top
+      block_cls = SplitBlock
+    # He et al. and Xie et al. let the bottleneck width be the total (C = 1) or per-group width.
+    inner = self.bottleneck_width if self.model == "bottleneck" else (
+        self.cardinality * self.bottleneck_width)
+    for i in range(3):
+      block = functools.partial(
+          block_cls, features=4 * self.stem_features * 2 ** i, inner_features=inner * 2 ** i,
+          groups=self.cardinality, residual=self.residual, shortcut=self.shortcut,
+          zero_init_residual=self.zero_init_residual, grad=self.grad, dtype=self.dtype)
+      x = stages.Stage(block, self.blocks_per_stage, strides=1 if i == 0 else self.stride,
+                       downsample=self.downsample, pool=self.pool, scan=self.scan_blocks,
+                       grad=self.grad, name=f"stage{i + 1}")(x, train)
+    x = layers.GlobalAvgPool(grad=self.grad, name="global_pool")(x)
+    x = layers.Dense(self.num_classes, dtype=dtype, name="classifier")(x)
+    return x.astype(jnp.float32)
+
+
+def from_config(config) -> BottleneckResNet:
+  """He et al.'s CIFAR bottleneck ResNet: ``width`` is the stem and stage-1 bottleneck width."""
+  return BottleneckResNet(
+      num_classes=config.num_classes, depth=config.depth, stem_features=config.width,
+      bottleneck_width=config.width, cardinality=config.cardinality, shortcut=config.shortcut,
+      zero_init_residual=config.zero_init_residual, stride=config.stride,
+      first_stride=config.first_stride, downsample=config.downsample, pool=config.pool,
+      grad=config.grad, dtype=config.dtype, model="bottleneck")
