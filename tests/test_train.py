@@ -267,3 +267,19 @@ def test_experiment_trains_a_real_model_on_real_data(tmp_path):
   summary = train.run(config, str(tmp_path / "run"))
   assert summary["steps"] == 3 and np.isfinite(summary["test_loss"])
   assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_scanned_blocks_get_one_gradient_norm_each(rng):
+  # Stacked parameters of 2 scanned blocks (leading axis) are split and named as unrolled.
+  kernel = rng.normal(size=(2, 3, 3)).astype(np.float32)
+  bias = rng.normal(size=(2, 3)).astype(np.float32)
+  stem = rng.normal(size=(4,)).astype(np.float32)
+  tree = {"stem": {"kernel": stem}, "s": {"blocks": {"block": {"conv": {"kernel": kernel,
+                                                                         "bias": bias}}}}}
+  norms = jax.device_get(steps_lib.layer_norms(tree, ["stem", "s/blocks/block/conv"]))
+  out = steps_lib.expand_layer_norms(norms, ["stem", "s/block0/conv", "s/block1/conv",
+                                             "s/block2/conv"])
+  assert list(out) == ["stem", "s/block1/conv", "s/block2/conv"]
+  want = [np.linalg.norm(stem)] + [np.sqrt(np.sum(kernel[i] ** 2) + np.sum(bias[i] ** 2))
+                                   for i in range(2)]
+  np.testing.assert_allclose(list(out.values()), want, rtol=1e-6)  # float32 sums of 13 squares

@@ -96,13 +96,16 @@ def _data_functions(batch_indices, prepare_batch):
 
 
 def _log_model_summary(model, input_shape) -> None:
+  """Logs the per-layer table of cnn_jax.analysis.counting (parameters, MACs, FLOPs)."""
   try:
-    from cnn_jax.analysis.counting import summarize  # pylint: disable=g-import-not-at-top
+    from cnn_jax.analysis import counting  # pylint: disable=g-import-not-at-top
   except ImportError:
-    logging.info("model summary: cnn_jax.analysis.counting.summarize not available")
+    logging.info("model summary: cnn_jax.analysis.counting is not available")
     return
   try:
-    logging.info("model summary:\n%s", summarize(model, (1, *input_shape)))
+    summary = counting.summarize(model, (1, *input_shape))
+    text = counting.format_table(summary) if hasattr(counting, "format_table") else summary
+    logging.info("model summary:\n%s", text)
   except Exception as e:  # pylint: disable=broad-except
     # The summary is informational; a model the counter does not know must not stop training.
     logging.warning("model summary failed: %s: %s", type(e).__name__, e)
@@ -274,6 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     logging.info("resumed from the checkpoint at step %d in %s", resume_step, ckpt_dir)
 
   layer_names = state_lib.layer_names(model, input_shape)
+  layer_order = state_lib.layer_names(state_lib.unrolled(model), input_shape)
   data_kwargs = dict(prepare_batch=prepare_batch, mean=dataset.mean, std=dataset.std,
                      num_classes=config.num_classes, mesh=mesh, state_sharding=state_sharding)
   train_step = steps_lib.make_train_step(
@@ -316,8 +320,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
       timed_steps += 1
       writer.advance(1, float(scalars["loss"]), float(scalars["accuracy"]))
       if config.log_grad_norms_every and step % config.log_grad_norms_every == 0:
-        norms = jax.device_get(m["layer_grad_norm"])
-        writer.write_grad_norms(step, {n: float(norms[n]) for n in layer_names})
+        writer.write_grad_norms(step, steps_lib.expand_layer_norms(
+            jax.device_get(m["layer_grad_norm"]), layer_order))
       last = step == config.num_steps
       if last or (config.eval_every and step % config.eval_every == 0):
         window_time += time.time() - window_start

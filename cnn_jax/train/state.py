@@ -77,6 +77,18 @@ def layer_names(model, input_shape: tuple[int, ...]) -> list[str]:
   return names
 
 
+def unrolled(model):
+  """The same model with scanned repeated blocks unrolled, when it has that switch.
+
+  ``cnn_jax.models``' residual families scan repeated blocks (``scan_blocks=True``), which
+  stacks their parameters and loses the blocks' call order; the unrolled twin has the same
+  function and names each block, so it gives the per-layer order for gradient-norm logs.
+  """
+  if getattr(model, "scan_blocks", False):
+    return model.clone(scan_blocks=False)
+  return model
+
+
 def _walk(tree, prefix, out):
   leaves_here = [k for k, v in tree.items() if not isinstance(v, Mapping)]
   if leaves_here and prefix:

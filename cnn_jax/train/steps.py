@@ -55,17 +55,60 @@ def global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
+# cnn_jax.models runs a stage's repeated blocks with nn.scan: their parameters sit under
+# ".../blocks/block/..." stacked along a leading block axis, and the unrolled twin of the same
+# model (``scan_blocks=False``) names block i (i >= 1) ".../block{i}/...". See
+# cnn_jax/models/stages.py.
+SCANNED = "blocks/block"
+
+
 def layer_norms(tree, names: Sequence[str]) -> dict[str, jax.Array]:
-  """L2 norm of each layer's parameters together, for layers ``"A/B"`` of a params tree."""
+  """L2 norm of each layer's own parameters, for layers ``"A/B"`` of a params tree.
+
+  A layer inside scanned blocks (path containing ``SCANNED``) gets a vector: one norm per
+  stacked block (``expand_layer_norms`` names them as the unrolled model does).
+  """
   out = {}
   for name in names:
     node = tree
     for key in name.split("/"):
       node = node[key]
     # Only the layer's own leaves: a sub-layer has its own entry.
-    own = {k: v for k, v in node.items() if not hasattr(v, "items")}
-    out[name] = global_norm(own)
+    own = [v for v in node.values() if not hasattr(v, "items")]
+    if f"/{SCANNED}/" in f"/{name}/":
+      out[name] = jnp.sqrt(sum(
+          jnp.sum(jnp.square(v.astype(jnp.float32)), axis=tuple(range(1, v.ndim)))
+          for v in own))
+    else:
+      out[name] = global_norm(own)
   return out
+
+
+def expand_layer_norms(norms: dict[str, np.ndarray],
+                       order: Sequence[str] = ()) -> dict[str, float]:
+  """Host side of ``layer_norms``: one float per layer, scanned blocks unrolled, in ``order``.
+
+  Args:
+    norms: ``layer_norms`` output, fetched to the host.
+    order: the layer names of the unrolled model in call order (``state.layer_names`` of
+      ``unrolled(model)``); names not in it keep their place after those that are.
+  Returns:
+    ``{layer: norm}``; ``"s/blocks/block/conv1"`` with norms ``[a, b]`` becomes
+    ``"s/block1/conv1": a, "s/block2/conv1": b``.
+  """
+  flat = {}
+  for name, value in norms.items():
+    value = np.asarray(value)
+    if f"/{SCANNED}/" in f"/{name}/":
+      head, tail = f"/{name}/".split(f"/{SCANNED}/", 1)
+      for i, v in enumerate(value):
+        flat["/".join(p for p in (head.strip("/"), f"block{i + 1}", tail.strip("/")) if p)] = (
+            float(v))
+    else:
+      flat[name] = float(value)
+  ordered = {n: flat[n] for n in order if n in flat}
+  ordered.update({n: v for n, v in flat.items() if n not in ordered})
+  return ordered
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
