@@ -55,6 +55,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 100
   config.keep_checkpoints = 2
   config.log_grad_norms_every = 50
+  config.progress = True           # tqdm bar on a terminal (--noprogress: False)
+  config.resume = True             # continue an unfinished run from its newest checkpoint
+  config.overwrite = False         # train again in a workdir that holds a finished run
+  # Multi-host (jax.distributed); num_processes = 1 is a single-process run.
+  config.coordinator_address = ""  # "host:port" of process 0
+  config.num_processes = 1
+  config.process_id = 0
   return config
 
 

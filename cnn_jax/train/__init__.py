@@ -1,0 +1,10 @@
+"""The training engine: state, optimizers, jitted sharded steps, checkpoints, metrics, loop.
+
+Entry point: ``train_and_evaluate(config, workdir) -> summary`` (see ``loop.py`` and
+docs/training.md).
+"""
+
+from cnn_jax.train.loop import evaluate, resolve_config, train_and_evaluate, validate
+from cnn_jax.train.state import TrainState
+
+__all__ = ["TrainState", "evaluate", "resolve_config", "train_and_evaluate", "validate"]

@@ -1,0 +1,21 @@
+"""Trains one model: the engine's own face on the command line.
+
+  python launch.py --experiment=train --config=experiments/configs/default.py \
+      --config.model=resnet --config.depth=20 --config.dataset=digits --workdir=runs/x
+
+Writes config.json, metrics.jsonl, grad_norms.jsonl, TensorBoard events, checkpoints/ and,
+at the end, summary.json into the workdir (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from cnn_jax.train import train_and_evaluate
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """``cnn_jax.train.train_and_evaluate(config, workdir)``: the run's summary."""
+  return train_and_evaluate(config, workdir)
