@@ -23,8 +23,11 @@ import os
 import shlex
 import sys
 
+import logging as python_logging
+
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from experiments import runner
@@ -89,7 +92,15 @@ def _user_config_overrides(argv):
   return [a for a in argv[1:] if a.startswith("--config.")]
 
 
+class _QuietCheckpointLogs(python_logging.Filter):
+  """Drops orbax's INFO chatter (several lines per checkpoint); its warnings still show."""
+
+  def filter(self, record):
+    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
   if len(argv) > 1:
     fail(f"unexpected arguments {' '.join(argv[1:])!r}: every option is a --flag=value.")
   try:

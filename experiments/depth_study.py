@@ -35,7 +35,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rows = [{
       "model": r.config.model,
       "depth": r.config.depth,
-      "params": r.summary.get("params", ""),
+      "params": r.summary.get("num_params", ""),
       "train_error": r.train_error,
       "test_error": r.test_error,
       "steps": r.summary.get("steps", ""),
@@ -44,7 +44,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   table = runner.write_results(workdir, rows, list(rows[0]))
   plots = os.path.join(workdir, "plots")
   figures.error_curves_by_family(runs, os.path.join(plots, "curves.png"))
-  if any(figures.logged_grad_norms(r.metrics) for r in runs):
+  if any(r.grad_norms for r in runs):
     figures.gradient_norms_by_layer(runs, os.path.join(plots, "gradient_norms.png"))
   print(table)
   print(f"plots: {plots}")

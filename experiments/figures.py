@@ -29,10 +29,6 @@ def series(metrics: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
           np.array([m[key] for m in rows], dtype=float))
 
 
-def logged_grad_norms(metrics: Sequence[dict]) -> list[dict]:
-  return [m for m in metrics if isinstance(m.get(GRAD_NORMS), dict) and m[GRAD_NORMS]]
-
-
 def _save(fig, path):
   atomic.save_figure(fig, path, dpi=120)
   plt.close(fig)
@@ -66,7 +62,7 @@ def gradient_norms_by_layer(runs, path: str) -> None:
   """Per-layer gradient L2 norm, at the first and at a middle logged step, log scale."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
   for r in runs:
-    logged = logged_grad_norms(r.metrics)
+    logged = [row for row in r.grad_norms if row.get(GRAD_NORMS)]
     if not logged:
       continue
     for ax, row in zip(axes, (logged[0], logged[len(logged) // 2])):

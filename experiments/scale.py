@@ -94,7 +94,7 @@ def run(config, workdir):
   runs = study.train_runs(named, workdir)
   rows = [{"model": r.config.model, "train_size": r.config.train_size,
            "test_accuracy": r.summary["test_accuracy"],
-           "params": r.summary.get("params", "")} for r in runs]
+           "params": r.summary.get("num_params", "")} for r in runs]
   table = runner.write_results(workdir, rows, list(rows[0]))
   figures.lines(os.path.join(plots, "accuracy_vs_train_size.png"),
                 {m: ([r["train_size"] for r in rows if r["model"] == m],

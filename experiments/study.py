@@ -26,6 +26,13 @@ class Run:
   workdir: str
   summary: dict
   metrics: list[dict]
+  grad_norms: list[dict]  # rows of grad_norms.jsonl: {"step", "grad_norms": {layer: norm}}
+
+  @property
+  def images_per_sec(self) -> float | str:
+    """The last logged training throughput (images/s), or "" if none was logged."""
+    rates = [m["images_per_sec"] for m in self.metrics if "images_per_sec" in m]
+    return rates[-1] if rates else ""
 
   @property
   def train_error(self) -> float:
@@ -58,10 +65,10 @@ def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Co
   return copy
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """A run's ``metrics.jsonl`` as dicts; a torn last line (a crash mid-write) is skipped."""
+def read_metrics(workdir: str, filename: str = "metrics.jsonl") -> list[dict]:
+  """A run's JSON-lines file as dicts; a torn last line (a crash mid-write) is skipped."""
   rows = []
-  path = os.path.join(workdir, "metrics.jsonl")
+  path = os.path.join(workdir, filename)
   if not os.path.exists(path):
     return rows
   with open(path, encoding="utf-8") as f:
@@ -98,7 +105,8 @@ def train_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]], w
     else:
       log(f"[run ] {name}")
       summary = train.train_and_evaluate(config, run_dir, dataset=dataset)
-    runs.append(Run(name, config, run_dir, summary, read_metrics(run_dir)))
+    runs.append(Run(name, config, run_dir, summary, read_metrics(run_dir),
+                    read_metrics(run_dir, "grad_norms.jsonl")))
   return runs
 
 
@@ -146,8 +154,8 @@ def model_cost(config: ml_collections.ConfigDict, input_shape: Sequence[int]) ->
   table = counting.summarize(model, (1,) + tuple(input_shape))
   cost = {"params": int(table["params"]), "macs": int(table["macs"]),
           "flops": int(table["flops"])}
-  if "receptive_field" in table:
-    cost["receptive_field"] = table["receptive_field"]
+  if table.get("receptive_field"):
+    cost["receptive_field"] = "x".join(str(d) for d in table["receptive_field"])
   return cost
 
 
@@ -173,7 +181,7 @@ def compare_variants(config: ml_collections.ConfigDict, workdir: str, *, title: 
     row.update({c: r.config[c] for c in extra_columns})
     row.update(model_cost(cost_config, shape))
     row.update({
-        "images_per_s": r.summary.get("images_per_second", ""),
+        "images_per_s": r.images_per_sec,
         "train_error": r.train_error,
         "test_error": r.test_error,
     })
