@@ -336,6 +336,18 @@ def test_ops_differentiate_under_jit(rng):
   assert grads[0].shape == x.shape and grads[1].shape == w.shape
 
 
+def test_pools_differentiate_under_jit(rng):
+  x = _normal(rng, 2, 8, 8, 3)
+  weights = ops.gaussian_window((3, 3))
+  pools = [lambda v: ops.max_pool(v, 2), lambda v: ops.avg_pool(v, 3, 2, "SAME"),
+           lambda v: ops.weighted_avg_pool(v, weights, 2, "SAME"), lambda v: ops.lp_pool(v, 2),
+           ops.global_avg_pool, ops.global_max_pool]
+  for pool in pools:
+    grad = jax.jit(jax.grad(lambda v, pool=pool: jnp.sum(pool(v) ** 2)))(x)
+    assert grad.shape == x.shape and bool(jnp.all(jnp.isfinite(grad)))
+    assert float(jnp.max(jnp.abs(grad))) > 0
+
+
 @pytest.mark.parametrize("num_dims", [1, 3])
 def test_pools_in_other_dims_keep_channels(rng, num_dims):
   x = _normal(rng, 2, *([6] * num_dims), 5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from cnn_jax.ops import correlation, shapes
@@ -29,17 +30,19 @@ def _spec(x, window, stride, padding):
   return correlation.window_spec(x.shape, window, stride, padding, 1, name_kernel="window")
 
 
-def _reduce(x, spec, init, op):
+def _reduce(x, spec, init: float, op):
   dims = (1,) + spec.kernel + (1,)
   strides = (1,) + spec.stride + (1,)
-  return lax.reduce_window(x, init, op, dims, strides, "VALID")
+  # The initial value must be a concrete NumPy scalar: a traced one (jnp.array under jit)
+  # makes reduce_window non-differentiable.
+  return lax.reduce_window(x, np.asarray(init, x.dtype), op, dims, strides, "VALID")
 
 
 def max_pool(x, window, stride=None, padding="VALID"):
   """Largest value in each window. ``x``: (N, *spatial, C) → (N, *out_spatial, C)."""
   spec = _spec(x, window, stride, padding)
   xp = correlation.pad_input(x, spec, value=-jnp.inf)
-  return _reduce(xp, spec, jnp.array(-jnp.inf, x.dtype), lax.max)
+  return _reduce(xp, spec, -np.inf, lax.max)
 
 
 def avg_pool(x, window, stride=None, padding="VALID"):
@@ -49,7 +52,7 @@ def avg_pool(x, window, stride=None, padding="VALID"):
   size = 1
   for k in spec.kernel:
     size *= k
-  return _reduce(xp, spec, jnp.array(0, x.dtype), lax.add) / size
+  return _reduce(xp, spec, 0, lax.add) / size
 
 
 def weighted_avg_pool(x, weights, stride=None, padding="VALID"):
