@@ -142,10 +142,18 @@ def correlate_input_grad(g, w, spec: correlation.WindowSpec, x_shape, groups):
       pads.append((e - 1, e - 1 + untouched))
     else:  # crop while convolving
       pads.append((e - 1 - lo, e - 1 + untouched - hi))
+  letters = _SPATIAL_LETTERS[spec.num_dims]
+  flipped = correlation.flip_kernel(w)
+  if groups == 1:
+    # Swap in/out by relabelling the kernel's axes ("OI" instead of "IO"): no data movement.
+    kernel, rhs_spec = flipped, letters + "OI"
+  else:
+    kernel, rhs_spec = _swap_channels(flipped, groups), letters + "IO"
   dx = lax.conv_general_dilated(
-      g, _swap_channels(correlation.flip_kernel(w), groups), window_strides=(1,) * spec.num_dims,
-      padding=pads, lhs_dilation=spec.stride, rhs_dilation=spec.dilation,
-      dimension_numbers=_dimension_numbers(spec.num_dims), feature_group_count=groups)
+      g, kernel, window_strides=(1,) * spec.num_dims, padding=pads,
+      lhs_dilation=spec.stride, rhs_dilation=spec.dilation,
+      dimension_numbers=("N" + letters + "C", rhs_spec, "N" + letters + "C"),
+      feature_group_count=groups)
   return unpad(dx, spec) if spec.circular else dx
 
 
@@ -169,19 +177,27 @@ def correlate_weight_grad(x, g, spec: correlation.WindowSpec, kernel_shape, grou
     ``(*kernel, C_in/G, C_out)``.
   """
   num_dims = spec.num_dims
-  xp = correlation.pad_input(x, spec)
-  # Keep only the span the windows read: (k-1)d + (m-1)s + 1 per dim.
-  for dim, (k, s, d, m) in enumerate(zip(kernel_shape, spec.stride, spec.dilation,
-                                         spec.out_spatial)):
-    xp = lax.slice_in_dim(xp, 0, (k - 1) * d + (m - 1) * s + 1, axis=1 + dim)
+  # Only the span the windows read counts: (k-1)d + (m-1)s + 1 per dim of the padded input.
+  span = [(k - 1) * d + (m - 1) * s + 1
+          for k, s, d, m in zip(kernel_shape, spec.stride, spec.dilation, spec.out_spatial)]
+  if spec.circular:
+    xp = correlation.pad_input(x, spec)
+    for dim, size in enumerate(span):
+      xp = lax.slice_in_dim(xp, 0, size, axis=1 + dim)
+    pads = ((0, 0),) * num_dims
+  else:
+    # Zero padding inside the conv; a negative high pad drops the rows no window reads.
+    xp = x
+    pads = tuple((lo, size - lo - n)
+                 for (lo, _), size, n in zip(spec.pads, span, x.shape[1:-1]))
   letters = _SPATIAL_LETTERS[num_dims]
-  # x_p's channel axis plays the batch (N), its example axis the features (C).
-  dimension_numbers = ("C" + letters + "N", "I" + letters + "O", "N" + letters + "C")
-  dw = lax.conv_general_dilated(
-      xp, g, window_strides=spec.dilation, padding=((0, 0),) * num_dims,
+  # x_p's channel axis plays the batch (N), its example axis the features (C); the output's
+  # "batch" is C_in/G and its features C_out, laid out directly as (*kernel, C_in/G, C_out).
+  dimension_numbers = ("C" + letters + "N", "I" + letters + "O", letters + "NC")
+  return lax.conv_general_dilated(
+      xp, g, window_strides=spec.dilation, padding=pads,
       rhs_dilation=spec.stride, dimension_numbers=dimension_numbers,
-      batch_group_count=groups)  # (C_in/G, *kernel, C_out)
-  return jnp.moveaxis(dw, 0, -2)
+      batch_group_count=groups)
 
 
 # ---------------------------------------------------------------------------------------------
