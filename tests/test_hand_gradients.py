@@ -101,16 +101,17 @@ def test_weight_sharing_sums_locally_connected_gradients(rng, num_dims, stride, 
 
 
 def test_worked_example_of_the_docs():
-  # docs/gradients.md: x = [1, 2, 3, 4, 5], w = [1, 0, -1], g = [1, 2, 3] (VALID, stride 1).
+  # docs/gradients.md: x = [1, 2, 3, 4, 5], w = [2, 1, -1], g = [1, -1, 2] (VALID, stride 1).
   x = jnp.array([1.0, 2, 3, 4, 5]).reshape(1, 5, 1)
-  w = jnp.array([1.0, 0, -1]).reshape(3, 1, 1)
-  g = jnp.array([1.0, 2, 3]).reshape(1, 3, 1)
+  w = jnp.array([2.0, 1, -1]).reshape(3, 1, 1)
+  g = jnp.array([1.0, -1, 2]).reshape(1, 3, 1)
   y, vjp = jax.vjp(hand.correlate, x, w)
   dx, dw = vjp(g)
-  # By hand: y[o] = x[o] - x[o+2]; dw[t] = sum_o x[o+t] g[o]; dx[i] = sum_{o+t=i} g[o] w[t].
-  np.testing.assert_array_equal(y.ravel(), [-2, -2, -2])
-  np.testing.assert_array_equal(dw.ravel(), [14, 20, 26])
-  np.testing.assert_array_equal(dx.ravel(), [1, 2, 2, -2, -3])
+  # By hand: y[o] = 2x[o] + x[o+1] - x[o+2]; dw[t] = sum_o x[o+t] g[o];
+  # dx[i] = sum_{o+t=i} g[o] w[t]. Small integers: exact in float32.
+  np.testing.assert_array_equal(y.ravel(), [1, 3, 5])
+  np.testing.assert_array_equal(dw.ravel(), [5, 7, 9])
+  np.testing.assert_array_equal(dx.ravel(), [2, -1, 2, 3, -2])
 
 
 def test_strided_worked_example_leaves_unread_inputs_at_zero():
