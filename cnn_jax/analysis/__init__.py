@@ -1,1 +1,1 @@
-"""Analysis tools: layer accounting, receptive fields, equivariance, gradient flow."""
+"""Measurement tools: layer accounting, receptive fields, equivariance, gradient flow, gradcheck."""

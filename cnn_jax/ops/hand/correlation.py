@@ -1,0 +1,348 @@
+"""Correlation, convolution and locally connected layers with hand-written backward passes.
+
+Each public function has the signature, the argument checks and the forward values of its
+namesake in ``cnn_jax.ops``; only its VJP differs: a ``jax.custom_vjp`` whose backward is
+derived in the docstring and built from ``lax`` convolutions, strided slices and einsums.
+The backward functions are themselves made of differentiable ops, so grad-of-grad works
+(JAX differentiates the backward rule by autodiff).
+
+Notation, per spatial dim: input size ``n``, kernel ``k``, stride ``s``, dilation ``d``
+(extent ``e = d(k-1)+1``), padding ``lo, hi`` (``n_p = lo + n + hi``), output size ``m``.
+``x_p`` is the padded input and ``g = dL/dy`` the output cotangent.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from cnn_jax import ops
+from cnn_jax.ops import correlation
+from cnn_jax.ops import shapes
+
+_SPATIAL_LETTERS = {1: "W", 2: "HW", 3: "DHW"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Adjoints of the building blocks shared by every windowed op.
+# ---------------------------------------------------------------------------------------------
+
+
+def unpad(dxp: jax.Array, spec: correlation.WindowSpec) -> jax.Array:
+  """Adjoint of ``correlation.pad_input``: gradient on the padded input → gradient on ``x``.
+
+  Zero (or constant) padding holds no parameter, so its gradient is dropped: crop ``[lo, lo+n)``.
+  Circular padding copies ``x[n-lo:]`` in front and ``x[:hi]`` behind, so those gradients are
+  added back onto the entries they were copied from ("fold").
+
+  Args:
+    dxp: ``(N, *padded_spatial, C)``.
+    spec: the window spec the forward padded with.
+
+  Returns:
+    ``(N, *spatial, C)``.
+  """
+  for dim, (lo, hi) in enumerate(spec.pads):
+    axis = 1 + dim
+    n = dxp.shape[axis] - lo - hi
+    middle = lax.slice_in_dim(dxp, lo, lo + n, axis=axis)
+    if spec.circular:
+      if lo:
+        front = lax.slice_in_dim(dxp, 0, lo, axis=axis)
+        middle = _add_at(middle, front, n - lo, axis)
+      if hi:
+        back = lax.slice_in_dim(dxp, lo + n, lo + n + hi, axis=axis)
+        middle = _add_at(middle, back, 0, axis)
+    dxp = middle
+  return dxp
+
+
+def _add_at(a, b, start, axis):
+  # a[..., start:start + len(b), ...] += b along `axis`, as a pad (no scatter needed).
+  widths = [(0, 0, 0)] * a.ndim
+  widths[axis] = (start, a.shape[axis] - start - b.shape[axis], 0)
+  return a + lax.pad(b, jnp.array(0, b.dtype), widths)
+
+
+def scatter_patches(dpatches: jax.Array, spec: correlation.WindowSpec,
+                    x_shape) -> jax.Array:
+  """Adjoint of ``correlation.extract_patches`` (followed by ``unpad``).
+
+  ``extract_patches`` copies ``x_p[o*s + t*d]`` into patch ``(o, t)``; its adjoint adds each
+  patch entry's gradient back onto the input entry it was copied from, so an input entry
+  covered by several overlapping windows accumulates all of their gradients.
+
+  Args:
+    dpatches: ``(N, *out_spatial, *kernel, C)``.
+    spec: the window spec of the forward.
+    x_shape: ``(N, *spatial, C)`` of the unpadded input.
+
+  Returns:
+    ``(N, *spatial, C)``.
+  """
+  num_dims = spec.num_dims
+  padded = [n + lo + hi for n, (lo, hi) in zip(x_shape[1:-1], spec.pads)]
+  dxp = jnp.zeros((x_shape[0], *padded, x_shape[-1]), dpatches.dtype)
+  for offset in itertools.product(*(range(k) for k in spec.kernel)):
+    tap = dpatches[(slice(None),) * (1 + num_dims) + offset]  # (N, *out, C)
+    # Interior padding (s - 1 zeros) puts tap[o] at o*s; edge padding shifts it by t*d.
+    widths = [(0, 0, 0)]
+    for t, s, d, m, n_p in zip(offset, spec.stride, spec.dilation, spec.out_spatial, padded):
+      start = t * d
+      widths.append((start, n_p - start - ((m - 1) * s + 1), s - 1))
+    widths.append((0, 0, 0))
+    dxp = dxp + lax.pad(tap, jnp.array(0, tap.dtype), widths)
+  return unpad(dxp, spec)
+
+
+def _dimension_numbers(num_dims):
+  letters = _SPATIAL_LETTERS[num_dims]
+  return ("N" + letters + "C", letters + "IO", "N" + letters + "C")
+
+
+def _swap_channels(w, groups):
+  """``(*K, C_in/G, C_out)`` → ``(*K, C_out/G, C_in)``: per group, transpose in ↔ out."""
+  *kernel, cin_g, c_out = w.shape
+  w = w.reshape(*kernel, cin_g, groups, c_out // groups)
+  w = jnp.swapaxes(w, -3, -1)  # (*K, C_out/G, G, C_in/G)
+  return w.reshape(*kernel, c_out // groups, groups * cin_g)
+
+
+def correlate_input_grad(g, w, spec: correlation.WindowSpec, x_shape, groups):
+  """``dL/dx`` of ``correlate``: a transposed correlation.
+
+  ``y[o] = sum_t x_p[o*s + t*d] w[t]``, so ``dL/dx_p[i] = sum_{o,t: o*s + t*d = i} g[o] w[t]``.
+  Spread ``g`` to the input grid by inserting ``s-1`` zeros between its entries
+  (``g_s[o*s] = g[o]``); then ``dL/dx_p[i] = sum_t g_s[i - t*d] w[t]``: the FULL correlation
+  (pad ``e-1`` both sides) of ``g_s`` with the kernel flipped in space and its in/out channels
+  swapped (per group). Positions past ``(m-1)s + e`` were never read (stride does not divide),
+  so they get zeros (extra high padding ``r``); padding is then cropped (zeros) or folded back
+  (circular). For zero padding the crop is folded into the conv's padding, which may be negative.
+
+  Args:
+    g: ``(N, *out_spatial, C_out)``.
+    w: ``(*kernel, C_in/G, C_out)``.
+    spec: the forward's window spec.
+    x_shape: ``(N, *spatial, C_in)``.
+    groups: the forward's groups.
+
+  Returns:
+    ``(N, *spatial, C_in)``.
+  """
+  pads = []
+  for n, (lo, hi), k, s, d, m in zip(x_shape[1:-1], spec.pads, spec.kernel, spec.stride,
+                                     spec.dilation, spec.out_spatial):
+    e = shapes.effective_kernel(k, d)
+    untouched = lo + n + hi - ((m - 1) * s + e)
+    if spec.circular:  # the whole padded gradient, folded afterwards
+      pads.append((e - 1, e - 1 + untouched))
+    else:  # crop while convolving
+      pads.append((e - 1 - lo, e - 1 + untouched - hi))
+  letters = _SPATIAL_LETTERS[spec.num_dims]
+  flipped = correlation.flip_kernel(w)
+  if groups == 1:
+    # Swap in/out by relabelling the kernel's axes ("OI" instead of "IO"): no data movement.
+    kernel, rhs_spec = flipped, letters + "OI"
+  else:
+    kernel, rhs_spec = _swap_channels(flipped, groups), letters + "IO"
+  dx = lax.conv_general_dilated(
+      g, kernel, window_strides=(1,) * spec.num_dims, padding=pads,
+      lhs_dilation=spec.stride, rhs_dilation=spec.dilation,
+      dimension_numbers=("N" + letters + "C", rhs_spec, "N" + letters + "C"),
+      feature_group_count=groups)
+  return unpad(dx, spec) if spec.circular else dx
+
+
+def correlate_weight_grad(x, g, spec: correlation.WindowSpec, kernel_shape, groups):
+  """``dL/dw`` of ``correlate``: correlation of the padded input with the cotangent.
+
+  ``dL/dw[t, c, c'] = sum_{n, o} x_p[n, o*s + t*d, c] g[n, o, c']``: every shared weight
+  accumulates the gradient of every position it touched. Read as a correlation over ``t``,
+  that is ``x_p`` (channels as the batch, examples as the contracted features) correlated with
+  ``g`` used as a kernel dilated by ``s``, stepping by ``d``. With groups, input-channel group
+  ``j`` pairs only with output-channel group ``j`` (``batch_group_count``).
+
+  Args:
+    x: ``(N, *spatial, C_in)``.
+    g: ``(N, *out_spatial, C_out)``.
+    spec: the forward's window spec.
+    kernel_shape: the spatial kernel ``(*kernel,)``.
+    groups: the forward's groups.
+
+  Returns:
+    ``(*kernel, C_in/G, C_out)``.
+  """
+  num_dims = spec.num_dims
+  # Only the span the windows read counts: (k-1)d + (m-1)s + 1 per dim of the padded input.
+  span = [(k - 1) * d + (m - 1) * s + 1
+          for k, s, d, m in zip(kernel_shape, spec.stride, spec.dilation, spec.out_spatial)]
+  if spec.circular:
+    xp = correlation.pad_input(x, spec)
+    for dim, size in enumerate(span):
+      xp = lax.slice_in_dim(xp, 0, size, axis=1 + dim)
+    pads = ((0, 0),) * num_dims
+  else:
+    # Zero padding inside the conv; a negative high pad drops the rows no window reads.
+    xp = x
+    pads = tuple((lo, size - lo - n)
+                 for (lo, _), size, n in zip(spec.pads, span, x.shape[1:-1]))
+  letters = _SPATIAL_LETTERS[num_dims]
+  # x_p's channel axis plays the batch (N), its example axis the features (C); the output's
+  # "batch" is C_in/G and its features C_out, laid out directly as (*kernel, C_in/G, C_out).
+  dimension_numbers = ("C" + letters + "N", "I" + letters + "O", letters + "NC")
+  return lax.conv_general_dilated(
+      xp, g, window_strides=spec.dilation, padding=pads,
+      rhs_dilation=spec.stride, dimension_numbers=dimension_numbers,
+      batch_group_count=groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# correlate / convolve
+# ---------------------------------------------------------------------------------------------
+
+
+def _canonical(spec: correlation.WindowSpec):
+  # A hashable padding that the forward op resolves to exactly `spec.pads` again.
+  return "CIRCULAR" if spec.circular else spec.pads
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _correlate(x, w, spec, groups):
+  return ops.correlate(x, w, stride=spec.stride, padding=_canonical(spec),
+                       dilation=spec.dilation, groups=groups)
+
+
+def _correlate_fwd(x, w, spec, groups):
+  return _correlate(x, w, spec, groups), (x, w)
+
+
+def _correlate_bwd(spec, groups, residuals, g):
+  x, w = residuals
+  return (correlate_input_grad(g, w, spec, x.shape, groups),
+          correlate_weight_grad(x, g, spec, w.shape[:spec.num_dims], groups))
+
+
+_correlate.defvjp(_correlate_fwd, _correlate_bwd)
+
+
+def correlate(x, w, *, stride=1, padding="VALID", dilation=1, groups=1):
+  """``ops.correlate`` with a hand-written backward pass.
+
+  Forward: ``y[n, o, c'] = sum_{t, c} x_p[n, o*s + t*d, c] w[t, c, c']`` (within each group).
+
+  Backward (one spatial dim shown; every dim alike):
+    * ``dL/dx_p[i] = sum_{o, t: o*s + t*d = i} g[o] w[t]`` = FULL correlation of the
+      stride-dilated ``g`` with the flipped, channel-swapped kernel (a transposed
+      correlation); cropped for zero padding, folded back for circular padding
+      (``correlate_input_grad``).
+    * ``dL/dw[t] = sum_{n, o} x_p[o*s + t*d] g[o]`` = correlation of the padded input with
+      the stride-dilated ``g``; each shared weight sums the gradients of all positions
+      (``correlate_weight_grad``).
+
+  Args, Returns, Raises: as ``ops.correlate``; the checks are the same functions, run first.
+  """
+  num_dims = correlation.check_kernel(x.shape, w.shape, groups)
+  spec = correlation.window_spec(x.shape, w.shape[:num_dims], stride, padding, dilation)
+  return _correlate(x, w, spec, groups)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _convolve(x, w, spec, groups):
+  return ops.convolve(x, w, stride=spec.stride, padding=_canonical(spec),
+                      dilation=spec.dilation, groups=groups)
+
+
+def _convolve_fwd(x, w, spec, groups):
+  return _convolve(x, w, spec, groups), (x, w)
+
+
+def _convolve_bwd(spec, groups, residuals, g):
+  x, w = residuals
+  flipped = correlation.flip_kernel(w)
+  dw = correlate_weight_grad(x, g, spec, w.shape[:spec.num_dims], groups)
+  return (correlate_input_grad(g, flipped, spec, x.shape, groups),
+          correlation.flip_kernel(dw))
+
+
+_convolve.defvjp(_convolve_fwd, _convolve_bwd)
+
+
+def convolve(x, w, *, stride=1, padding="VALID", dilation=1, groups=1):
+  """``ops.convolve`` with a hand-written backward pass.
+
+  ``convolve(x, w) = correlate(x, F w)`` with ``F`` the spatial flip. ``F`` is linear and its
+  own inverse and adjoint, so ``dL/dx`` is ``correlate``'s input gradient with kernel ``F w``
+  (a transposed correlation with ``F F w = w``), and ``dL/dw = F (dL/d(F w))``: the
+  correlation weight gradient, flipped.
+
+  Args, Returns, Raises: as ``ops.convolve``.
+  """
+  num_dims = correlation.check_kernel(x.shape, w.shape, groups)
+  spec = correlation.window_spec(x.shape, w.shape[:num_dims], stride, padding, dilation)
+  return _convolve(x, w, spec, groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# locally_connected
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _locally_connected(x, w, spec):
+  return ops.locally_connected(x, w, stride=spec.stride, padding=_canonical(spec),
+                               dilation=spec.dilation)
+
+
+def _locally_connected_fwd(x, w, spec):
+  return _locally_connected(x, w, spec), (x, w)
+
+
+def _locally_connected_bwd(spec, residuals, g):
+  x, w = residuals
+  n, c_out = x.shape[0], w.shape[-1]
+  patches = correlation.extract_patches(x, spec)  # (N, *out, *kernel, C_in)
+  p = patches.size // (n * _prod(spec.kernel) * x.shape[-1])
+  patches = patches.reshape(n, p, -1)  # (N, P, K·C_in)
+  g = g.reshape(n, p, c_out)
+  kernels = w.reshape(p, -1, c_out)
+  dw = jnp.einsum("npk,npo->pko", patches, g, precision=lax.Precision.HIGHEST)
+  dpatches = jnp.einsum("pko,npo->npk", kernels, g, precision=lax.Precision.HIGHEST)
+  dpatches = dpatches.reshape((n,) + spec.out_spatial + spec.kernel + (x.shape[-1],))
+  return scatter_patches(dpatches, spec, x.shape), dw.reshape(w.shape)
+
+
+_locally_connected.defvjp(_locally_connected_fwd, _locally_connected_bwd)
+
+
+def _prod(values):
+  out = 1
+  for v in values:
+    out *= v
+  return out
+
+
+def locally_connected(x, w, *, stride=1, padding="VALID", dilation=1):
+  """``ops.locally_connected`` with a hand-written backward pass.
+
+  Forward: ``y[n, p, c'] = sum_{t, c} P[n, p, t, c] w[p, t, c, c']`` with ``P`` the patches.
+
+  Backward: no sharing, so each position's kernel sees only its own patch:
+    * ``dL/dw[p, t, c, c'] = sum_n P[n, p, t, c] g[n, p, c']`` (a batch sum, no position sum);
+    * ``dL/dP[n, p, t, c] = sum_{c'} w[p, t, c, c'] g[n, p, c']``, then each patch entry's
+      gradient is added back to the input entry it was copied from (``scatter_patches``).
+  When every ``w[p]`` is the same kernel, summing ``dL/dw[p]`` over ``p`` gives ``correlate``'s
+  weight gradient: that sum is what weight sharing does.
+
+  Args, Returns, Raises: as ``ops.locally_connected``.
+  """
+  # The forward's own checks (some are inline in it), run on shapes only: identical errors.
+  jax.eval_shape(functools.partial(ops.locally_connected, stride=stride, padding=padding,
+                                   dilation=dilation), x, w)
+  num_dims = (w.ndim - 2) // 2
+  spec = correlation.window_spec(x.shape, w.shape[num_dims:2 * num_dims], stride, padding,
+                                 dilation)
+  return _locally_connected(x, w, spec)

@@ -1,0 +1,288 @@
+"""Pools with hand-written backward passes: max, average, weighted average, Lp, global.
+
+Same signatures, checks and forward values as ``cnn_jax.ops``'s pools; each is a
+``jax.custom_vjp`` whose backward is derived in its docstring. Windowed pools route the
+cotangent ``g = dL/dy`` of every window back to the entries of that window (so an entry in
+several overlapping windows accumulates several contributions), then drop the padding's share
+(zeros / -inf) or fold it back (circular), with ``correlation.unpad``.
+
+Tie rule of max pooling (and global max pooling): the FIRST arg-max in window order (row-major
+over the window's taps) receives the whole gradient; the other tied entries get 0. Autodiff's
+rule for ``lax.reduce_window`` may differ on ties, so comparisons use tie-free inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from cnn_jax import ops
+from cnn_jax.ops import correlation
+from cnn_jax.ops import pooling
+from cnn_jax.ops.hand.correlation import (
+    correlate_input_grad,
+    correlate_weight_grad,
+    scatter_patches,
+)
+
+
+def _canonical(spec):
+  return "CIRCULAR" if spec.circular else spec.pads
+
+
+def _window_size(spec):
+  size = 1
+  for k in spec.kernel:
+    size *= k
+  return size
+
+
+def _kernel_axes(spec):
+  return tuple(range(1 + spec.num_dims, 1 + 2 * spec.num_dims))
+
+
+# ---------------------------------------------------------------------------------------------
+# max_pool
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool(x, spec):
+  return ops.max_pool(x, spec.kernel, spec.stride, _canonical(spec))
+
+
+def _max_pool_fwd(x, spec):
+  return _max_pool(x, spec), x
+
+
+def _max_pool_bwd(spec, x, g):
+  patches = correlation.extract_patches(x, spec, pad_value=-jnp.inf)  # (N, *out, *K, C)
+  flat = patches.reshape(patches.shape[:1 + spec.num_dims] + (-1, x.shape[-1]))
+  winner = jnp.argmax(flat, axis=-2)  # first arg-max: the tie rule
+  taps = jnp.arange(flat.shape[-2]).reshape((1,) * (1 + spec.num_dims) + (-1, 1))
+  routed = jnp.where(taps == winner[..., None, :], g[..., None, :], 0)
+  return (scatter_patches(routed.reshape(patches.shape), spec, x.shape),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x, window, stride=None, padding="VALID"):
+  """``ops.max_pool`` with a hand-written backward pass.
+
+  ``y[o] = max_t x_p[o*s + t]``. Locally (no ties) ``y[o] = x_p[o*s + t*(o)]`` with ``t*(o)`` the
+  arg-max, so ``dy[o]/dx_p[i] = [i = o*s + t*(o)]`` and
+  ``dL/dx_p[i] = sum_o g[o] [i = o*s + t*(o)]``: each window hands its whole gradient to its
+  winner, and an entry winning several overlapping windows collects all of them. Ties: the
+  first arg-max in window order gets it all. Padding (-inf) never wins a window holding any
+  real entry; its gradient is dropped (circular: folded back).
+
+  Args, Returns, Raises: as ``ops.max_pool``.
+  """
+  spec = pooling._spec(x, window, stride, padding)  # pylint: disable=protected-access
+  return _max_pool(x, spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# avg_pool, weighted_avg_pool
+# ---------------------------------------------------------------------------------------------
+
+
+def _depthwise(weights, channels):
+  # (*window,) → (*window, 1, C): the same window weights for every channel (groups = C).
+  return jnp.broadcast_to(weights[..., None, None], weights.shape + (1, channels))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _avg_pool(x, spec):
+  return ops.avg_pool(x, spec.kernel, spec.stride, _canonical(spec))
+
+
+def _avg_pool_fwd(x, spec):
+  return _avg_pool(x, spec), x.shape
+
+
+def _avg_pool_bwd(spec, x_shape, g):
+  channels = x_shape[-1]
+  uniform = jnp.full(spec.kernel, 1.0 / _window_size(spec), g.dtype)
+  return (correlate_input_grad(g, _depthwise(uniform, channels), spec, x_shape, channels),)
+
+
+_avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
+
+
+def avg_pool(x, window, stride=None, padding="VALID"):
+  """``ops.avg_pool`` with a hand-written backward pass.
+
+  ``y[o] = (1/|K|) sum_t x_p[o*s + t]`` is a depthwise correlation with the uniform kernel
+  ``1/|K|``, so ``dL/dx_p[i] = (1/|K|) sum_{o, t: o*s + t = i} g[o]``: every window spreads
+  ``g[o]/|K|`` evenly over its entries (padding zeros included, then dropped). Computed as
+  ``correlate``'s input gradient (a transposed depthwise correlation).
+
+  Args, Returns, Raises: as ``ops.avg_pool``.
+  """
+  spec = pooling._spec(x, window, stride, padding)  # pylint: disable=protected-access
+  return _avg_pool(x, spec)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _weighted_avg_pool(x, weights, spec):
+  return ops.weighted_avg_pool(x, weights, spec.stride, _canonical(spec))
+
+
+def _weighted_avg_pool_fwd(x, weights, spec):
+  return _weighted_avg_pool(x, weights, spec), (x, weights)
+
+
+def _weighted_avg_pool_bwd(spec, residuals, g):
+  x, weights = residuals
+  channels = x.shape[-1]
+  total = jnp.sum(weights)
+  normalised = (weights / total).astype(x.dtype)
+  dx = correlate_input_grad(g, _depthwise(normalised, channels), spec, x.shape, channels)
+  # Depthwise weight gradient (*K, 1, C), summed over channels: the window weights are shared
+  # by every channel as well as every position.
+  dnormalised = jnp.sum(correlate_weight_grad(x, g, spec, spec.kernel, channels), axis=(-2, -1))
+  dweights = (dnormalised - jnp.sum(dnormalised * normalised)) / total
+  return dx, dweights.astype(weights.dtype)
+
+
+_weighted_avg_pool.defvjp(_weighted_avg_pool_fwd, _weighted_avg_pool_bwd)
+
+
+def weighted_avg_pool(x, weights, stride=None, padding="VALID"):
+  """``ops.weighted_avg_pool`` with a hand-written backward pass.
+
+  With ``v = weights / S``, ``S = sum weights``: ``y[o, c] = sum_t v[t] x_p[o*s + t, c]``.
+    * ``dL/dx_p[i] = sum_{o, t: o*s + t = i} v[t] g[o]``: each window spreads its gradient by
+      its weights (a transposed depthwise correlation).
+    * ``dL/dv[t] = sum_{n, o, c} x_p[o*s + t, c] g[o, c]`` (shared over positions and channels),
+      and through the normalisation ``dv[t]/dw[u] = ([t = u] - v[t]) / S``, so
+      ``dL/dw[u] = (dL/dv[u] - sum_t v[t] dL/dv[t]) / S``.
+
+  Args, Returns, Raises: as ``ops.weighted_avg_pool``.
+  """
+  # The forward's own checks, some inline in it, run on shapes only: identical errors.
+  jax.eval_shape(functools.partial(ops.weighted_avg_pool, stride=stride, padding=padding),
+                 x, weights)
+  spec = pooling._spec(x, tuple(weights.shape), stride, padding)  # pylint: disable=protected-access
+  return _weighted_avg_pool(x, weights, spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# lp_pool
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _lp_pool(x, spec, p):
+  return ops.lp_pool(x, spec.kernel, p, spec.stride, _canonical(spec))
+
+
+def _lp_pool_fwd(x, spec, p):
+  y = _lp_pool(x, spec, p)
+  return y, (x, y)
+
+
+def _lp_pool_bwd(spec, p, residuals, g):
+  x, y = residuals
+  patches = correlation.extract_patches(x, spec)  # signed entries, (N, *out, *K, C)
+  y = jnp.expand_dims(y, _kernel_axes(spec))
+  g = jnp.expand_dims(g, _kernel_axes(spec))
+  nonzero = y > 0
+  safe_y = jnp.where(nonzero, y, 1)
+  # |x|/y <= 1, so the power neither overflows nor underflows for large p; a zero window gets
+  # a zero gradient instead of 0/0 (the ratio is set to 1 there so that its derivative, used
+  # by grad-of-grad, stays finite too).
+  ratio = jnp.where(nonzero, jnp.abs(patches) / safe_y, 1)
+  factor = jnp.where(nonzero, jnp.sign(patches) * ratio ** (p - 1), 0)
+  return (scatter_patches(g * factor, spec, x.shape),)
+
+
+_lp_pool.defvjp(_lp_pool_fwd, _lp_pool_bwd)
+
+
+def lp_pool(x, window, p: float = 2.0, stride=None, padding="VALID"):
+  """``ops.lp_pool`` with a hand-written backward pass.
+
+  ``y[o] = (sum_t |x_p[o*s + t]|^p)^(1/p)``. Differentiating,
+  ``dy[o]/dx_p[i] = (1/p) y^(1-p) · p |x_i|^(p-1) sign(x_i) = sign(x_i) (|x_i| / y[o])^(p-1)``
+  for every ``i`` in window ``o``; then ``dL/dx_p[i] = sum_o g[o] dy[o]/dx_p[i]`` over the
+  windows holding ``i``. p=2: ``x_i / y``; p=1: ``sign(x_i)``; p→∞: the arg-max of ``|x|``.
+  Zero norm (an all-zero window): the gradient is defined as 0 (no NaN).
+
+  Args, Returns, Raises: as ``ops.lp_pool``.
+  """
+  jax.eval_shape(functools.partial(ops.lp_pool, window=window, p=p, stride=stride,
+                                   padding=padding), x)
+  spec = pooling._spec(x, window, stride, padding)  # pylint: disable=protected-access
+  return _lp_pool(x, spec, p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Global pools
+# ---------------------------------------------------------------------------------------------
+
+
+@jax.custom_vjp
+def global_avg_pool(x):
+  """``ops.global_avg_pool`` with a hand-written backward pass.
+
+  ``y[n, c] = (1/P) sum_i x[n, i, c]`` over the ``P`` spatial positions, so
+  ``dL/dx[n, i, c] = g[n, c] / P``: the gradient is spread evenly over every position.
+
+  Args:
+    x: ``(N, *spatial, C)``.
+
+  Returns:
+    ``(N, C)``.
+  """
+  return ops.global_avg_pool(x)
+
+
+def _global_avg_pool_fwd(x):
+  return ops.global_avg_pool(x), x.shape
+
+
+def _global_avg_pool_bwd(x_shape, g):
+  positions = 1
+  for size in x_shape[1:-1]:
+    positions *= size
+  spread = jnp.reshape(g / positions, (x_shape[0],) + (1,) * (len(x_shape) - 2) + (x_shape[-1],))
+  return (jnp.broadcast_to(spread, x_shape),)
+
+
+global_avg_pool.defvjp(_global_avg_pool_fwd, _global_avg_pool_bwd)
+
+
+@jax.custom_vjp
+def global_max_pool(x):
+  """``ops.global_max_pool`` with a hand-written backward pass.
+
+  ``y[n, c] = max_i x[n, i, c]``, so ``dL/dx[n, i, c] = g[n, c] [i = argmax]``; on ties the
+  first position in row-major order gets the whole gradient.
+
+  Args:
+    x: ``(N, *spatial, C)``.
+
+  Returns:
+    ``(N, C)``.
+  """
+  return ops.global_max_pool(x)
+
+
+def _global_max_pool_fwd(x):
+  return ops.global_max_pool(x), x
+
+
+def _global_max_pool_bwd(x, g):
+  flat = x.reshape(x.shape[0], -1, x.shape[-1])
+  winner = jnp.argmax(flat, axis=1)  # (N, C), first arg-max
+  positions = jnp.arange(flat.shape[1]).reshape(1, -1, 1)
+  routed = jnp.where(positions == winner[:, None, :], g[:, None, :], 0)
+  return (routed.reshape(x.shape),)
+
+
+global_max_pool.defvjp(_global_max_pool_fwd, _global_max_pool_bwd)

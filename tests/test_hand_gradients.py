@@ -1,0 +1,230 @@
+"""Hand-written VJPs (cnn_jax.ops.hand) against autodiff, finite differences and by hand."""
+
+import functools
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import test_util as jtu
+
+from cnn_jax import ops
+from cnn_jax.analysis import gradcheck
+from cnn_jax.ops import hand
+from experiments import gradcheck as gradcheck_experiment
+from experiments.configs import gradcheck as gradcheck_config
+
+OP_NAMES = ("correlate", "convolve", "locally_connected", "max_pool", "avg_pool",
+            "weighted_avg_pool", "lp_pool", "global_avg_pool", "global_max_pool",
+            "output_size", "gaussian_window", "flip_kernel")
+
+
+def _rel(a, b):
+  return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+def test_quick_grid_passes_and_experiment_writes_tables(rng, tmp_path):
+  # The gradcheck grid of the test suite: every op, 1-D/2-D/3-D, every padding mode, strides
+  # that do not divide, dilation, groups, depthwise, 1x1; first order against autodiff and
+  # central FD, second order against autodiff (tolerances in gradcheck.TOLERANCES).
+  config = gradcheck_config.get_config()
+  config.grid = "quick"
+  config.seed = int(rng.integers(2 ** 31))
+  summary = gradcheck_experiment.run(config, str(tmp_path))
+  failed = [(r["op"], r["shapes"], r["padding"], r["err_autodiff"], r["err_fd"],
+             r["err_second"], r["note"]) for r in summary["failed"]]
+  assert summary["ok"], failed
+  assert summary["num_rows"] == len(gradcheck.quick_grid()) == len(summary["rows"])
+  assert {r["op"].split("(")[0] for r in summary["rows"]} == set(OP_NAMES[:9])
+  assert all(r["second_order_ok"] for r in summary["rows"])
+  table = (tmp_path / "gradcheck.md").read_text()
+  assert "all rows pass" in table and table.count("\n| ") == summary["num_rows"] + 1
+  csv_lines = (tmp_path / "gradcheck.csv").read_text().strip().splitlines()
+  assert len(csv_lines) == summary["num_rows"] + 1
+
+
+def test_bad_grid_is_rejected_before_any_work(tmp_path):
+  config = gradcheck_config.get_config()
+  config.grid = "huge"
+  with pytest.raises(ValueError, match="grid='huge' is not allowed"):
+    gradcheck_experiment.run(config, str(tmp_path))
+  assert not list(tmp_path.iterdir())
+
+
+def test_hand_namespace_is_a_drop_in_for_ops():
+  assert ops.for_grad("hand") is hand
+  for name in OP_NAMES:
+    assert inspect.signature(getattr(hand, name)) == inspect.signature(getattr(ops, name)), name
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(stride=2, padding="SAME", groups=1),
+    dict(stride=3, padding="CIRCULAR", dilation=2, groups=2),
+    dict(stride=(2, 1), padding=((2, 0), (1, 3)), groups=4),  # depthwise
+])
+def test_input_and_weight_gradients_float32(rng, kwargs):
+  x = jnp.asarray(rng.normal(size=(3, 9, 8, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 4 // kwargs["groups"], 8)), jnp.float32)
+  loss = lambda fn, x, w: jnp.sum(jnp.sin(fn(x, w, **kwargs)))
+  dx_hand, dw_hand = jax.grad(functools.partial(loss, hand.correlate), argnums=(0, 1))(x, w)
+  dx_auto, dw_auto = jax.grad(functools.partial(loss, ops.correlate), argnums=(0, 1))(x, w)
+  # float32 sums of at most a few hundred terms in another order: ~1e-6 relative.
+  assert _rel(dx_hand, dx_auto) < 1e-5
+  assert _rel(dw_hand, dw_auto) < 1e-5
+
+
+@pytest.mark.parametrize("num_dims,stride,padding,dilation", [
+    (1, 2, "SAME", 1), (2, (2, 3), "CIRCULAR", 1), (2, 1, "FULL", 2), (3, 2, 1, 1)])
+def test_weight_sharing_sums_locally_connected_gradients(rng, num_dims, stride, padding,
+                                                         dilation):
+  # correlate == locally_connected with the same kernel at every position, so the shared
+  # kernel's gradient must be the sum over positions of the per-position kernel gradients.
+  spatial = (9, 8, 5)[:num_dims]
+  kernel = (3, 2, 2)[:num_dims]
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.normal(size=(2, *spatial, 3)))
+    w = jnp.asarray(rng.normal(size=(*kernel, 3, 4)))
+    out = ops.output_size(spatial, kernel, stride, padding, dilation)
+    w_local = jnp.broadcast_to(w, out + w.shape)
+    g = jnp.asarray(rng.normal(size=(2, *out, 4)))
+    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    y, vjp_shared = jax.vjp(lambda x, w: hand.correlate(x, w, **kw), x, w)
+    y_local, vjp_local = jax.vjp(lambda x, w: hand.locally_connected(x, w, **kw), x, w_local)
+    dx, dw = vjp_shared(g)
+    dx_local, dw_local = vjp_local(g)
+    # float64, sums of a few dozen terms in different orders: rounding ~1e-15.
+    np.testing.assert_allclose(y_local, y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw_local.sum(axis=tuple(range(num_dims))), dw, rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_allclose(dx_local, dx, rtol=1e-12, atol=1e-12)
+
+
+def test_worked_example_of_the_docs():
+  # docs/gradients.md: x = [1, 2, 3, 4, 5], w = [2, 1, -1], g = [1, -1, 2] (VALID, stride 1).
+  x = jnp.array([1.0, 2, 3, 4, 5]).reshape(1, 5, 1)
+  w = jnp.array([2.0, 1, -1]).reshape(3, 1, 1)
+  g = jnp.array([1.0, -1, 2]).reshape(1, 3, 1)
+  y, vjp = jax.vjp(hand.correlate, x, w)
+  dx, dw = vjp(g)
+  # By hand: y[o] = 2x[o] + x[o+1] - x[o+2]; dw[t] = sum_o x[o+t] g[o];
+  # dx[i] = sum_{o+t=i} g[o] w[t]. Small integers: exact in float32.
+  np.testing.assert_array_equal(y.ravel(), [1, 3, 5])
+  np.testing.assert_array_equal(dw.ravel(), [5, 7, 9])
+  np.testing.assert_array_equal(dx.ravel(), [2, -1, 2, 3, -2])
+
+
+def test_strided_worked_example_leaves_unread_inputs_at_zero():
+  # Stride 2, kernel 2 on length 5: x[4] is never read (5 - 2 is odd), so its gradient is 0.
+  x = jnp.arange(1.0, 6.0).reshape(1, 5, 1)
+  w = jnp.array([2.0, -1.0]).reshape(2, 1, 1)
+  g = jnp.array([1.0, 10.0]).reshape(1, 2, 1)
+  dx, dw = jax.vjp(lambda x, w: hand.correlate(x, w, stride=2), x, w)[1](g)
+  np.testing.assert_array_equal(dx.ravel(), [2, -1, 20, -10, 0])
+  np.testing.assert_array_equal(dw.ravel(), [1 * 1 + 3 * 10, 2 * 1 + 4 * 10])
+
+
+def test_max_pool_tie_rule_gives_the_first_argmax_everything():
+  x = jnp.array([[3.0, 3.0], [3.0, 1.0]]).reshape(1, 2, 2, 1)
+  grad = jax.grad(lambda x: hand.max_pool(x, 2).sum())(x)
+  np.testing.assert_array_equal(grad.reshape(2, 2), [[1, 0], [0, 0]])
+  grad = jax.grad(lambda x: hand.global_max_pool(x).sum())(x)
+  np.testing.assert_array_equal(grad.reshape(2, 2), [[1, 0], [0, 0]])
+
+
+def test_overlapping_max_windows_accumulate_on_a_shared_winner():
+  # x[2] = 9 wins all three windows of size 3, stride 1, on length 5: it collects 1 + 2 + 3.
+  x = jnp.array([1.0, 2, 9, 3, 4]).reshape(1, 5, 1)
+  g = jnp.array([1.0, 2, 3]).reshape(1, 3, 1)
+  dx = jax.vjp(lambda x: hand.max_pool(x, 3, 1), x)[1](g)[0]
+  np.testing.assert_array_equal(dx.ravel(), [0, 0, 6, 0, 0])
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.5])
+def test_lp_pool_zero_window_has_zero_gradient_not_nan(rng, p):
+  x = rng.normal(size=(2, 6, 6, 3))
+  x[:, :2, :2, :] = 0.0  # whole windows of zeros
+  x = jnp.asarray(x, jnp.float32)
+  loss = lambda x: jnp.sum(hand.lp_pool(x, 2, p) ** 2)
+  grad = jax.grad(loss)(x)
+  assert bool(jnp.all(jnp.isfinite(grad)))
+  np.testing.assert_array_equal(grad[:, :2, :2, :], 0.0)
+  hvp = jax.grad(lambda x: jnp.vdot(jax.grad(loss)(x), x))(x)  # second order stays finite
+  assert bool(jnp.all(jnp.isfinite(hvp)))
+
+
+def test_second_order_by_finite_differences():
+  # Independent of autodiff: JAX's own checker, reverse mode to order 2, at float64.
+  rng = np.random.default_rng(0)
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.normal(size=(1, 6, 5, 2)))
+    w = jnp.asarray(rng.normal(size=(3, 2, 2, 2)))
+    fn = lambda x, w: jnp.tanh(hand.correlate(x, w, stride=2, padding="SAME"))
+    jtu.check_grads(fn, (x, w), order=2, modes=["rev"])
+    jtu.check_grads(lambda x: hand.lp_pool(x, 2, 3.0, 1) ** 2, (x,), order=2, modes=["rev"])
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: m.correlate(jnp.ones((1, 5, 2)), jnp.ones((3, 2, 4)), groups=3),
+    lambda m: m.correlate(jnp.ones((1, 5, 2)), jnp.ones((3, 2, 4)), stride=0),
+    lambda m: m.convolve(jnp.ones((1, 5, 2)), jnp.ones((7, 2, 4))),
+    lambda m: m.correlate(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 2, 4)), padding="HALF"),
+    lambda m: m.locally_connected(jnp.ones((1, 5, 2)), jnp.ones((2, 3, 2, 4))),
+    lambda m: m.max_pool(jnp.ones((1, 5, 2)), 2, padding=-1),
+    lambda m: m.avg_pool(jnp.ones((5, 2)), 2),
+    lambda m: m.weighted_avg_pool(jnp.ones((1, 5, 2)), jnp.ones((2, 2))),
+    lambda m: m.lp_pool(jnp.ones((1, 5, 2)), 2, p=0.5),
+])
+def test_errors_are_the_forward_ops_errors(call):
+  with pytest.raises(ValueError) as expected:
+    call(ops)
+  with pytest.raises(ValueError) as got:
+    call(hand)
+  assert str(got.value) == str(expected.value)
+
+
+def test_hand_pools_differentiate_under_jit(rng):
+  # ops.max_pool / ops.avg_pool cannot be differentiated under jit (their reduce_window init
+  # value becomes a tracer); the hand versions carry their own VJP and can.
+  x = jnp.asarray(rng.normal(size=(2, 6, 6, 3)), jnp.float32)
+  for pool in (hand.max_pool, hand.avg_pool):
+    grad = jax.jit(jax.grad(lambda x, pool=pool: jnp.sum(pool(x, 2) ** 2)))(x)
+    eager = jax.grad(lambda x, pool=pool: jnp.sum(pool(x, 2) ** 2))(x)
+    np.testing.assert_allclose(grad, eager, rtol=1e-6)
+
+
+def _tiny_cnn(namespace, params, x):
+  """conv 3x3 (stride 2, SAME) → relu → 2x2 max pool → global avg → dense, pure JAX."""
+  h = jax.nn.relu(namespace.correlate(x, params["conv"], stride=2, padding="SAME")
+                  + params["bias"].reshape(1, 1, 1, -1))
+  h = namespace.max_pool(h, 2)
+  h = namespace.global_avg_pool(h)
+  return h @ params["dense"]
+
+
+def test_training_with_hand_and_autodiff_gives_the_same_params(rng):
+  params = {
+      "conv": jnp.asarray(rng.normal(size=(3, 3, 3, 8)) * 0.3, jnp.float32),
+      "bias": jnp.zeros((8,), jnp.float32),
+      "dense": jnp.asarray(rng.normal(size=(8, 5)) * 0.3, jnp.float32),
+  }
+  x = jnp.asarray(rng.normal(size=(8, 12, 12, 3)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 5, size=8))
+
+  def loss(namespace, params):
+    logits = _tiny_cnn(namespace, params, x)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+  trained = {}
+  for name, namespace in (("hand", hand), ("autodiff", ops)):
+    p = params
+    # Op-by-op (no jit): ops.max_pool has no reverse-mode derivative under jit.
+    for _ in range(5):
+      grads = jax.grad(functools.partial(loss, namespace))(p)
+      p = jax.tree.map(lambda v, dv: v - 0.5 * dv, p, grads)
+    trained[name] = p
+  # Same forward, same backward up to float32 summation order: 5 steps drift ~1e-7 relative.
+  for key in params:
+    np.testing.assert_allclose(trained["hand"][key], trained["autodiff"][key], rtol=1e-5,
+                               atol=1e-6)
+  assert not np.allclose(trained["hand"]["conv"], params["conv"])  # it did train
