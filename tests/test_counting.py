@@ -1,6 +1,7 @@
 """Layer accounting: trace records, MACs and parameters by hand, totals, table."""
 
 import importlib.util
+import json
 
 import flax.linen as nn
 import jax
@@ -11,6 +12,8 @@ import pytest
 from cnn_jax import layers
 from cnn_jax.analysis import counting
 from cnn_jax.models import mlp, resnet, simple_cnn
+from experiments import summary as summary_experiment
+from experiments.configs import default
 
 
 class Tiny(nn.Module):
@@ -138,3 +141,23 @@ def test_receptive_field_column_is_absent_until_the_module_exists():
     assert all("receptive_field" not in row for row in summary["layers"])
   else:
     assert summary["receptive_field"] is not None
+
+
+def test_summary_experiment_prints_and_writes_summary_json(tmp_path, capsys):
+  config = default.get_config()
+  config.update(model="resnet", depth=8, width=4, image_size=8, input_channels=1)
+  result = summary_experiment.run(config, str(tmp_path))
+  written = json.loads((tmp_path / "summary.json").read_text())
+  assert written["params"] == result["params"] == counting.count_params(
+      resnet.ResNet(num_classes=10, depth=8, width=4), (1, 8, 8, 1))
+  assert written["flops"] == 2 * written["macs"] > 0
+  assert "receptive_field" in written
+  assert "stage3/block0/conv2" in capsys.readouterr().out
+
+
+def test_summary_experiment_refuses_a_bad_config_before_writing(tmp_path):
+  config = default.get_config()
+  config.update(model="resnet", depth=19)
+  with pytest.raises(ValueError, match="^depth=19"):
+    summary_experiment.run(config, str(tmp_path))
+  assert not list(tmp_path.iterdir())
