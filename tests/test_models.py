@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import models
+from cnn_jax import layers, models, ops
 from cnn_jax.analysis import counting
 from cnn_jax.models import bottleneck, resnet, resnext
 from experiments.configs import default
@@ -364,3 +364,60 @@ def test_missing_num_classes_is_a_clear_error():
   del config["num_classes"]
   with pytest.raises(ValueError, match="num_classes"):
     models.build(config)
+
+
+# Layers: thin shells, so each must equal its op given the same weights.
+
+
+@pytest.mark.parametrize("shape,kwargs", [
+    ((2, 9, 8, 4), dict(kernel_size=3, strides=2, padding="SAME", groups=2)),
+    ((2, 11, 3), dict(kernel_size=5, dilation=2, padding="CIRCULAR")),
+])
+def test_conv_layer_is_ops_correlate_with_its_kernel_and_bias(shape, kwargs, rng):
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  layer = layers.Conv(6, **kwargs)
+  shapes = jax.eval_shape(lambda: layer.init(jax.random.key(0), x))
+  params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), jnp.float32), shapes)
+  y = layer.apply(params, x)
+  w, b = params["params"]["kernel"], params["params"]["bias"]
+  expected = ops.correlate(x, w, stride=kwargs.get("strides", 1), padding=kwargs["padding"],
+                           dilation=kwargs.get("dilation", 1), groups=kwargs.get("groups", 1))
+  # The same op plus the bias broadcast over positions.
+  np.testing.assert_array_equal(y, expected + b.reshape((1,) * (x.ndim - 1) + (6,)))
+
+
+def test_conv_kernels_get_he_fan_in_variance():
+  layer = layers.Conv(64, 3, groups=2)
+  w = layer.init(jax.random.key(0), jnp.zeros((1, 4, 4, 32)))["params"]["kernel"]
+  fan_in = 3 * 3 * 32 // 2
+  # 9216 samples: the std estimate is within ~2% (1/sqrt(2n)); 5% leaves room.
+  assert w.shape == (3, 3, 16, 64)
+  assert abs(float(jnp.std(w)) / np.sqrt(2 / fan_in) - 1) < 0.05
+
+
+def test_locally_connected_layer_with_one_shared_kernel_is_a_conv(rng):
+  x = jnp.asarray(rng.standard_normal((2, 6, 5, 3)), jnp.float32)
+  layer = layers.LocallyConnected(4, 3, strides=2, padding="SAME")
+  shapes = jax.eval_shape(lambda: layer.init(jax.random.key(0), x))["params"]
+  out_spatial = shapes["bias"].shape[:-1]
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+  b = jnp.asarray(rng.standard_normal((4,)), jnp.float32)
+  params = {"kernel": jnp.broadcast_to(w, out_spatial + w.shape),
+            "bias": jnp.broadcast_to(b, out_spatial + b.shape)}
+  y = layer.apply({"params": params}, x)
+  expected = ops.correlate(x, w, stride=2, padding="SAME") + b.reshape(1, 1, 1, 4)
+  # einsum over patches vs lax.conv: float32 sums in another order.
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", layers.POOL_KINDS)
+def test_pool_layer_is_the_matching_op(kind, rng):
+  x = jnp.asarray(rng.standard_normal((2, 7, 6, 3)), jnp.float32)
+  y = layers.Pool(kind, 3, stride=2, padding="SAME", sigma=0.8).apply({}, x)
+  expected = {
+      "max": lambda: ops.max_pool(x, 3, 2, "SAME"),
+      "avg": lambda: ops.avg_pool(x, 3, 2, "SAME"),
+      "l2": lambda: ops.lp_pool(x, 3, 2.0, 2, "SAME"),
+      "weighted": lambda: ops.weighted_avg_pool(x, ops.gaussian_window((3, 3), 0.8), 2, "SAME"),
+  }[kind]()
+  np.testing.assert_array_equal(y, expected)
