@@ -1,0 +1,1 @@
+"""Measurement tools: receptive fields, layer counting, equivariance, gradient flow."""
