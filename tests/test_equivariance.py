@@ -120,3 +120,11 @@ def test_cnn_prediction_is_shift_invariant_mlp_is_not(rng):
   assert all(r["p_true_change"] > 1e-3 for r in mlp_rows[1:])
   with pytest.raises(ValueError, match="labels"):
     eq.prediction_invariance(cnn, x, labels[:3])
+
+
+def test_equivariance_plot_is_written(tmp_path):
+  from cnn_jax import plotting  # pylint: disable=g-import-not-at-top
+  rows = [dict(layer=name, index=i, offset=k, error=e * k)
+          for i, (name, e) in enumerate([("conv", 0.0), ("pool", 0.5)]) for k in (1, 2)]
+  plotting.plot_equivariance(rows, str(tmp_path / "eq.png"))
+  assert (tmp_path / "eq.png").read_bytes()[:4] == b"\x89PNG"

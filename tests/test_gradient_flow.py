@@ -145,3 +145,17 @@ def test_zero_initialised_residual_has_zero_ratio(rng):
     params[f"block{i}"]["bn2"]["scale"] = jnp.zeros_like(params[f"block{i}"]["bn2"]["scale"])
   stats = residual.block_statistics(model, {**variables, "params": params}, x, train=True)
   assert all(b["ratio"] == 0 for b in stats["blocks"])
+
+
+def test_gradient_plots_from_rows_and_metrics(tmp_path):
+  from cnn_jax import plotting  # pylint: disable=g-import-not-at-top
+  rows = [dict(index=i, layer=f"conv{i}", grad_norm=10.0 ** -i) for i in range(4)]
+  plotting.plot_gradient_norms({"plain-8": rows, "resnet-8": rows[::-1]},
+                               str(tmp_path / "grad.png"))
+  metrics = tmp_path / "run" / "metrics.jsonl"
+  metrics.parent.mkdir()
+  metrics.write_text('{"step": 0, "loss": 2.0}\n{"step": 50, "loss": 1.0}\n{"step": 100, "lo')
+  assert [r["step"] for r in plotting.read_jsonl(str(metrics))] == [0, 50]  # torn line skipped
+  plotting.plot_metric({"run": str(metrics.parent)}, "loss", str(tmp_path / "loss.png"))
+  for name in ("grad.png", "loss.png"):
+    assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

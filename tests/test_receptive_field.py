@@ -289,3 +289,19 @@ def test_residual_block_support_equals_branches_field(rng):
   for index in [(0, 0), (5, 5), tuple(int(i) for i in rng.integers(0, 6, 2))]:
     np.testing.assert_array_equal(rf.gradient_support(block, x, index),
                                   rf.field_mask(record, index))
+
+
+def test_heatmaps_are_written(tmp_path, rng):
+  from cnn_jax import plotting  # pylint: disable=g-import-not-at-top
+  record = rf.receptive_field([(3, 1, 1)] * 2, (1, 9, 9, 1))[-1]
+  field = rng.random((9, 9))
+  plotting.heatmap(field, str(tmp_path / "one.png"), title="field", box=record.bounds((4, 4)),
+                   log=True)
+  plotting.heatmap_grid({"1-D": rng.random(7), "2-D": field, "3-D": rng.random((3, 4, 5))},
+                        str(tmp_path / "grid.png"))
+  plotting.plot_erf_growth([dict(depth=d, analytic_size=2 * d + 1, erf_size=d + 2,
+                                 erf_std=d ** 0.5) for d in (2, 4, 8)],
+                           str(tmp_path / "growth.png"))
+  for name in ("one.png", "grid.png", "growth.png"):
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
