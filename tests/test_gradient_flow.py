@@ -6,7 +6,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from cnn_jax.analysis import gradient_flow as gf
 from cnn_jax.analysis import residual
@@ -35,7 +34,7 @@ class TinyBlock(nn.Module):
 
 
 class TinyNet(nn.Module):
-  num_blocks: int = 3
+  num_blocks: int = 2
   shortcut: bool = True
 
   @nn.compact
@@ -103,12 +102,15 @@ def test_call_order_and_gradient_rows(rng):
   metrics = gf.as_metrics(rows, ("grad_norm", "update_ratio"))
   assert metrics["grad_norm/head"] == rows[-1]["grad_norm"]
   assert len(metrics) == 2 * len(rows)
+  back = gf.rows_from_metrics({"step": 3, **metrics}, "update_ratio", order=order)
+  assert [(r["layer"], r["update_ratio"]) for r in back] == [
+      (r["layer"], r["update_ratio"]) for r in rows]
 
 
 def test_gradient_flow_at_init_plain_vs_residual(rng):
   x, labels = _batch(rng)
   for shortcut in (True, False):
-    rows = gf.gradient_flow_at_init(TinyNet(num_blocks=2, shortcut=shortcut), x, labels,
+    rows = gf.gradient_flow_at_init(TinyNet(num_blocks=1, shortcut=shortcut), x, labels,
                                     key=jax.random.key(int(rng.integers(2 ** 31))))
     assert rows[0]["layer"] == "conv_init" and rows[-1]["layer"] == "head"
     assert all(np.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in rows)
@@ -123,7 +125,7 @@ def test_block_statistics_match_sown_values(rng):
   stats = residual.block_statistics(model, variables, x)
   _, sown = model.apply(variables, x, mutable=["intermediates"])
   sown = sown["intermediates"]
-  assert [b["block"] for b in stats["blocks"]] == ["block0", "block1", "block2"]
+  assert [b["block"] for b in stats["blocks"]] == ["block0", "block1"]
   for row in stats["blocks"]:
     f = sown[row["block"]]["residual"][0]
     inputs = sown[row["block"]]["block_input"][0]
@@ -132,7 +134,7 @@ def test_block_statistics_match_sown_values(rng):
     np.testing.assert_allclose(row["ratio"], expected, rtol=1e-5)
   shortcut = [r["layer"] for r in stats["responses"] if r["on_shortcut"]]
   assert shortcut == ["block1/shortcut_bn"]
-  assert len(stats["responses"]) == 7
+  assert len(stats["responses"]) == 5  # bn1, bn2 per block and block1's shortcut_bn
   assert residual.sorted_stds(stats["responses"])[0] == max(r["std"] for r in stats["responses"])
 
 
@@ -141,7 +143,7 @@ def test_zero_initialised_residual_has_zero_ratio(rng):
   x, _ = _batch(rng)
   variables = _init(model, jax.random.key(0), x)
   params = jax.tree_util.tree_map(lambda a: a, variables["params"])
-  for i in range(3):  # zero_init_residual: the last BN scale of each block starts at 0
+  for i in range(2):  # zero_init_residual: the last BN scale of each block starts at 0
     params[f"block{i}"]["bn2"]["scale"] = jnp.zeros_like(params[f"block{i}"]["bn2"]["scale"])
   stats = residual.block_statistics(model, {**variables, "params": params}, x, train=True)
   assert all(b["ratio"] == 0 for b in stats["blocks"])

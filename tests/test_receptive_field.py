@@ -125,7 +125,7 @@ def test_misaligned_branches_are_reported():
 _SIZES = {1: 48, 2: 20, 3: 11}
 
 
-def _random_stack(rng, num_dims, pool):
+def _random_stack(rng, num_dims):
   """A random conv/pool stack that fits the input; returns (windows, ops) lists."""
   n = _SIZES[num_dims]
   while True:
@@ -147,10 +147,7 @@ def _random_stack(rng, num_dims, pool):
       records = rf.receptive_field(windows, (1,) + (n,) * num_dims + (2,))
     except ValueError:
       continue  # the stack shrank the input away; draw again
-    if all(s >= 1 for s in records[-1].output_size):
-      return records, steps
-
-  # not reached
+    return records, steps
 
 
 def _apply_stack(steps, params, x, pool):
@@ -182,7 +179,7 @@ def _positive_params(rng, steps, num_dims, channels=2, dtype=np.float32):
 @pytest.mark.parametrize("num_dims", [1, 2, 3])
 def test_gradient_support_equals_analytic_field(rng, num_dims):
   for _ in range(2):
-    records, steps = _random_stack(rng, num_dims, "avg")
+    records, steps = _random_stack(rng, num_dims)
     params = _positive_params(rng, steps, num_dims)
     n = _SIZES[num_dims]
     x = jnp.asarray(rng.uniform(0.5, 1.0, (1,) + (n,) * num_dims + (2,)), jnp.float32)
@@ -200,7 +197,7 @@ def test_forward_influence_equals_analytic_field(rng, num_dims):
   # ~ 1e-10 of an O(1) output, below float32 resolution (1e-7) but far above float64's.
   with jax.enable_x64(True):
     for _ in range(2):
-      records, steps = _random_stack(rng, num_dims, "max")
+      records, steps = _random_stack(rng, num_dims)
       params = _positive_params(rng, steps, num_dims, dtype=np.float64)
       x = jnp.asarray(rng.uniform(0.5, 1.0, (1,) + (n,) * num_dims + (2,)), jnp.float64)
       pixel = tuple(int(rng.integers(0, n)) for _ in range(num_dims))

@@ -159,6 +159,20 @@ def as_metrics(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("grad_n
   return {f"{key}/{row['layer']}": row[key] for row in rows for key in keys if key in row}
 
 
+def rows_from_metrics(record: Mapping[str, Any], key: str = "grad_norm", *,
+                      order: Optional[Sequence[str]] = None) -> list[dict]:
+  """The inverse of ``as_metrics`` for one key: rows from one metrics.jsonl record.
+
+  Lets a finished run's per-layer curves be replotted (``plotting.plot_gradient_norms``)
+  from ``{"step": ..., "grad_norm/conv_init": ..., ...}`` lines without training again.
+  """
+  prefix = key + "/"
+  values = {name[len(prefix):]: value for name, value in record.items()
+            if name.startswith(prefix)}
+  return [{"index": i, "layer": name, key: float(values[name])}
+          for i, name in enumerate(order_layers(values, order))]
+
+
 def cross_entropy_gradients(model, variables, x, labels, *, train: bool = True):
   """Gradients of the mean softmax cross-entropy with respect to ``variables["params"]``.
 
