@@ -6,8 +6,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cnn_jax.analysis import gradient_flow as gf
+from cnn_jax.analysis import receptive_field as rf
 from cnn_jax.analysis import residual
 
 
@@ -161,3 +163,22 @@ def test_gradient_plots_from_rows_and_metrics(tmp_path):
   plotting.plot_metric({"run": str(metrics.parent)}, "loss", str(tmp_path / "loss.png"))
   for name in ("grad.png", "loss.png"):
     assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_layer_output_fn_measures_a_models_inner_field(rng):
+  model = TinyNet()
+  x = jnp.asarray(rng.uniform(0.5, 1.0, (1, 12, 12, 2)), jnp.float32)
+  variables = _init(model, jax.random.key(int(rng.integers(2 ** 31))), x)
+  # |kernels| and positive inputs keep every ReLU open (BN at init is the identity in eval
+  # mode), so the gradient support is the whole field: conv_init then two 3x3 convs (the
+  # identity shortcut adds nothing outside them).
+  positive = jax.tree_util.tree_map(jnp.abs, variables)
+  fn = residual.layer_output_fn(model, positive, "block0", train=False)
+  _, sown = model.apply(positive, x, mutable=["intermediates"])
+  np.testing.assert_array_equal(fn(x), sown["intermediates"]["block1"]["block_input"][0])
+  record = rf.receptive_field([(3, 1, "SAME")] * 3, x.shape)[-1]
+  for index in [(5, 5), (0, 11)]:
+    np.testing.assert_array_equal(rf.gradient_support(fn, x, index),
+                                  rf.field_mask(record, index))
+  with pytest.raises(ValueError, match="path"):
+    residual.layer_output_fn(model, positive, "block9", train=False)(x)

@@ -14,6 +14,11 @@ every submodule's inputs and outputs without the model's cooperation):
 
 Blocks are the modules whose class name ends in "Block" and responses the modules whose class
 name contains "Norm", unless other predicates are given.
+
+``layer_output_fn`` uses the same interception to turn any submodule's output into a function
+of the model input, so the receptive-field and equivariance tools measure a zoo model's inner
+layers (e.g. ``receptive_field.gradient_support(layer_output_fn(model, variables,
+"stage1/block0"), x)``).
 """
 
 from __future__ import annotations
@@ -104,3 +109,41 @@ def block_statistics(model, variables, x, *, train: bool = False,
 def sorted_stds(responses) -> np.ndarray:
   """Response stds sorted in descending order (He et al. Fig. 7, bottom)."""
   return np.sort(np.asarray([r["std"] for r in responses], dtype=np.float64))[::-1]
+
+
+def layer_output_fn(model, variables, path: str, **apply_kwargs) -> Callable:
+  """``x -> the output of submodule ``path`` (e.g. "stage1/block0/conv1")`` of a Flax model.
+
+  The whole model runs (its logits are discarded); the submodule's output is caught on the
+  way, so the function is differentiable and jit-able like the model itself.
+
+  Args:
+    model: a Flax module.
+    variables: its variables.
+    path: the submodule's path, parts joined by "/" (as ``gradient_flow.call_order`` lists).
+    **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
+
+  Returns:
+    ``fn(x) -> array``; it raises ValueError if no submodule with that path was called.
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  target = tuple(part for part in path.split("/") if part)
+
+  def fn(x):
+    caught = []
+
+    def interceptor(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if (context.method_name == "__call__" and not caught
+          and tuple(context.module.path) == target):
+        caught.append(out)
+      return out
+
+    with nn.intercept_methods(interceptor):
+      model.apply(variables, x, **apply_kwargs)
+    if not caught:
+      raise ValueError(f"path={path!r} is not allowed: no submodule with that path was called; "
+                       "see gradient_flow.call_order for the paths.")
+    return caught[0]
+
+  return fn
