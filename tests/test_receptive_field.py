@@ -302,3 +302,13 @@ def test_heatmaps_are_written(tmp_path, rng):
   for name in ("one.png", "grid.png", "growth.png"):
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_masks_reject_bad_indices():
+  record = rf.receptive_field([(3, 1, 1)], (1, 5, 5, 1))[-1]
+  with pytest.raises(ValueError, match="output_index"):
+    rf.field_mask(record, (5, 0))
+  with pytest.raises(ValueError, match="input_index"):
+    rf.influence_mask(record, (0,))
+  with pytest.raises(ValueError, match="input_shape"):
+    rf.field_mask(rf.receptive_field([(3, 1, 1)])[-1])

@@ -412,6 +412,17 @@ def _check_sized(record: FieldRecord, what: str):
                      "with receptive_field(..., input_shape=(N, *spatial, C)).")
 
 
+def _walk_to_mask(walk, program, index, name, value, grid_from, grid_to, where):
+  """Checks ``index`` lies in ``grid_from``, walks it through ``program``, marks ``grid_to``."""
+  if len(index) != len(grid_from) or not all(0 <= i < n for i, n in zip(index, grid_from)):
+    raise ValueError(f"{name}={value!r} is not allowed: give one index per dim inside the "
+                     f"{where} {grid_from}.")
+  reached = walk(program, np.asarray([index], dtype=np.int64))
+  mask = np.zeros(grid_to, dtype=bool)
+  mask[tuple(reached.T)] = True
+  return mask
+
+
 def field_mask(record: FieldRecord, output_index: Optional[Sequence[int]] = None) -> np.ndarray:
   """The input pixels that output ``output_index`` depends on, by the layers' geometry.
 
@@ -431,14 +442,8 @@ def field_mask(record: FieldRecord, output_index: Optional[Sequence[int]] = None
   _check_sized(record, "field_mask")
   index = (tuple((n - 1) // 2 for n in record.output_size) if output_index is None
            else tuple(output_index))
-  if len(index) != len(record.output_size) or not all(
-      0 <= i < n for i, n in zip(index, record.output_size)):
-    raise ValueError(f"output_index={output_index!r} is not allowed: give one index per dim "
-                     f"inside the output {record.output_size}.")
-  seen = _walk_back(record.program, np.asarray([index], dtype=np.int64))
-  mask = np.zeros(record.input_size, dtype=bool)
-  mask[tuple(seen.T)] = True
-  return mask
+  return _walk_to_mask(_walk_back, record.program, index, "output_index", output_index,
+                       record.output_size, record.input_size, "output")
 
 
 def influence_mask(record: FieldRecord, input_index: Sequence[int]) -> np.ndarray:
@@ -451,15 +456,8 @@ def influence_mask(record: FieldRecord, input_index: Sequence[int]) -> np.ndarra
     ValueError: if the record has no sizes or the index is outside the input.
   """
   _check_sized(record, "influence_mask")
-  index = tuple(input_index)
-  if len(index) != len(record.input_size) or not all(
-      0 <= i < n for i, n in zip(index, record.input_size)):
-    raise ValueError(f"input_index={input_index!r} is not allowed: give one index per dim "
-                     f"inside the input {record.input_size}.")
-  reached = _walk_forward(record.program, np.asarray([index], dtype=np.int64))
-  mask = np.zeros(record.output_size, dtype=bool)
-  mask[tuple(reached.T)] = True
-  return mask
+  return _walk_to_mask(_walk_forward, record.program, tuple(input_index), "input_index",
+                       input_index, record.input_size, record.output_size, "input")
 
 
 # ---------------------------------------------------------------------------------------------
