@@ -79,9 +79,11 @@ def gradient_norms_by_layer(runs, path: str) -> None:
 
 def lines(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
           xlabel: str, ylabel: str, title: str, logx: bool = False, logy: bool = False,
-          markers: bool = True) -> None:
-  """One line per entry of ``curves`` (label → (x, y))."""
+          markers: bool = True, shade_x: tuple[float, float] | None = None) -> None:
+  """One line per entry of ``curves`` (label → (x, y)); ``shade_x`` greys an x range."""
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  if shade_x is not None:
+    ax.axvspan(shade_x[0], shade_x[1], color="0.9", label="training range")
   for label, (x, y) in curves.items():
     ax.plot(x, y, marker="o" if markers else None, label=label)
   if logx:

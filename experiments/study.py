@@ -175,11 +175,9 @@ def compare_variants(config: ml_collections.ConfigDict, workdir: str, *, title: 
   runs = train_runs(named, workdir)
   rows = []
   for r in runs:
-    cost_config = variant(r.config)
-    cost_config.num_classes = dataset.num_classes
     row = {"variant": r.name}
     row.update({c: r.config[c] for c in extra_columns})
-    row.update(model_cost(cost_config, shape))
+    row.update(model_cost(variant(r.config, num_classes=dataset.num_classes), shape))
     row.update({
         "images_per_s": r.images_per_sec,
         "train_error": r.train_error,

@@ -120,3 +120,46 @@ def test_interrupted_sweep_finishes_with_four_results_and_runs_nothing_twice(tmp
                if l.strip() and "train_loss" in json.loads(l)]
       assert len(steps) == len(set(steps)), run_dir  # no step logged twice
   assert len(_read_csv(workdir / "results.csv")) == 4
+
+
+def test_receptive_field_study_measured_equals_analytic(tmp_path):
+  workdir = str(tmp_path / "rf")
+  summary = runner.run_one("receptive_field", _tiny_config("receptive_field"), workdir)
+  assert summary["stacks"] and all(row["equal"] for row in summary["stacks"])
+  by_name = {row["net"]: row["analytic_size"] for row in summary["stacks"]}
+  assert by_name["3x3 conv x3"] == 7           # by hand: 1 + 3 * 2
+  assert by_name["3x3 dilation 1, 2, 4"] == 15  # 1 + 2 * (1 + 2 + 4)
+  for row in summary["effective"]:
+    assert row["erf_size"] <= row["analytic_size"]
+  assert {"measured_fields.png", "erf_growth.png", "erf_maps.png"} <= set(
+      os.listdir(os.path.join(workdir, "plots")))
+
+
+def test_translation_study_evaluates_every_shift(tmp_path):
+  from cnn_jax import data  # pylint: disable=g-import-not-at-top
+  config = _tiny_config("translation")
+  workdir = str(tmp_path / "translation")
+  summary = runner.run_one("translation", config, workdir)
+  shifts = data.translated_geometry(config.image_size)["max_shift"] + 1
+  assert set(summary["curves"]) == {"modelmlp", "modelsimple_cnn_headflatten",
+                                    "modelsimple_cnn_headglobal_avg"}
+  assert all(len(curve) == shifts for curve in summary["curves"].values())
+  assert os.path.exists(os.path.join(workdir, "plots", "accuracy_vs_shift.png"))
+
+
+def test_pooling_study_reports_invariance_per_pool(tmp_path):
+  workdir = str(tmp_path / "pooling")
+  summary = runner.run_one("pooling", _tiny_config("pooling"), workdir)
+  assert [row["pool"] for row in summary["results"]] == ["max", "l2"]
+  for row in summary["results"]:
+    assert 0.0 <= row["agreement_shift1"] <= 1.0
+    assert row["params"] > 0 and row["flops"] == 2 * row["macs"]
+  assert os.path.exists(os.path.join(workdir, "plots", "agreement_vs_shift.png"))
+
+
+def test_kernels_study_draws_kernels_and_maps(tmp_path):
+  workdir = str(tmp_path / "kernels")
+  summary = runner.run_one("kernels", _tiny_config("kernels"), workdir)
+  assert len(summary["layers"]) == 2  # one feature-map grid per conv block
+  pngs = set(os.listdir(os.path.join(workdir, "plots")))
+  assert "kernels.png" in pngs and sum(p.startswith("feature_maps_") for p in pngs) == 2

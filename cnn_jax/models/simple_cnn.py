@@ -19,9 +19,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax import layers
+from cnn_jax import ops
 from cnn_jax.models import checks, stages
 
 CONNECTIVITIES = ("shared", "local")
+HEADS = ("flatten", "global_avg", "global_max")
 
 
 class SimpleCNN(nn.Module):
@@ -37,6 +39,9 @@ class SimpleCNN(nn.Module):
     downsample: ``"pool"`` or ``"conv"``.
     pool: ``"max"``, ``"avg"``, ``"weighted"`` or ``"l2"``.
     connectivity: ``"shared"`` (convolution) or ``"local"`` (locally connected).
+    head: how the last feature map meets the dense layers: ``"flatten"`` (keeps positions,
+      as in the lesson) or ``"global_avg"``/``"global_max"`` (pools every position away, which
+      makes the prediction invariant to translations of the input, up to stride aliasing).
     grad: ``"autodiff"`` | ``"hand"``; dtype: compute dtype name.
   """
   num_classes: int
@@ -48,6 +53,7 @@ class SimpleCNN(nn.Module):
   downsample: str = "pool"
   pool: str = "max"
   connectivity: str = "shared"
+  head: str = "flatten"
   grad: str = "autodiff"
   dtype: str = "float32"
 
@@ -61,6 +67,7 @@ class SimpleCNN(nn.Module):
     checks.check_choice("downsample", self.downsample, stages.DOWNSAMPLES)
     checks.check_choice("pool", self.pool, layers.POOL_KINDS)
     checks.check_choice("connectivity", self.connectivity, CONNECTIVITIES)
+    checks.check_choice("head", self.head, HEADS)
     checks.check_choice("grad", self.grad, ("autodiff", "hand"))
     checks.check_choice("dtype", self.dtype, ("float32", "bfloat16"))
     super().__post_init__()
@@ -87,7 +94,10 @@ class SimpleCNN(nn.Module):
                         grad=self.grad, name=f"pool{i + 1}")(x)
       if self.stride > 1:
         features *= 2
-    x = x.reshape(x.shape[0], -1)
+    if self.head == "flatten":
+      x = x.reshape(x.shape[0], -1)
+    else:
+      x = getattr(ops.for_grad(self.grad), f"{self.head}_pool")(x)
     x = nn.relu(layers.Dense(self.hidden, dtype=dtype, name="dense1")(x))
     x = layers.Dense(self.num_classes, dtype=dtype, name="classifier")(x)
     return x.astype(jnp.float32)
@@ -97,4 +107,4 @@ def from_config(config, *, connectivity: str = "shared") -> SimpleCNN:
   return SimpleCNN(num_classes=config.num_classes, depth=config.depth, width=config.width,
                    hidden=config.hidden, stride=config.stride, first_stride=config.first_stride,
                    downsample=config.downsample, pool=config.pool, connectivity=connectivity,
-                   grad=config.grad, dtype=config.dtype)
+                   head=config.get("head", "flatten"), grad=config.grad, dtype=config.dtype)

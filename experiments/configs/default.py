@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.first_stride = 1          # stride of the first conv
   config.downsample = "conv"       # conv (strided conv) | pool
   config.pool = "max"              # simple_cnn pooling: max | avg | weighted | l2
+  config.head = "flatten"          # simple_cnn/local: flatten | global_avg | global_max
   config.hidden = 128              # mlp / classifier hidden units
   config.grad = "autodiff"         # autodiff | hand
   config.dtype = "float32"         # float32 | bfloat16 (compute dtype)
@@ -75,5 +76,4 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.checkpoint_every = 2
   config.log_grad_norms_every = 2
   config.train_size = 128
-  config.depth = 8 if config.model in ("plain", "resnet") else config.depth
   return config

@@ -13,6 +13,8 @@ from experiments.configs import default
 def get_config(variant: str = "full"):
   config = default.get_config()
   config.models = "mlp,simple_cnn"
+  config.depth = 2                 # mlp: 2 dense layers; simple_cnn/local: 2 conv-pool blocks
+  config.downsample = "pool"
   config.dataset = "digits"
   config.image_size = 16
   config.num_steps = 400

@@ -23,5 +23,6 @@ def get_config(variant: str = "full"):
                      "stride=1,first_stride=1,downsample=conv")
   if variant == "tiny":
     default.tiny(config)
+    config.depth = 8
     config.variants = "stride=2;stride=2,downsample=pool"
   return config
