@@ -8,9 +8,11 @@ two processes) are in test_train_distributed.py.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,6 @@ import optax
 import pytest
 
 from cnn_jax.train import checkpoints as checkpoints_lib
-from cnn_jax.train import loop
 from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import optim
 from cnn_jax.train import sharding as sharding_lib
@@ -283,3 +284,31 @@ def test_scanned_blocks_get_one_gradient_norm_each(rng):
   want = [np.linalg.norm(stem)] + [np.sqrt(np.sum(kernel[i] ** 2) + np.sum(bias[i] ** 2))
                                    for i in range(2)]
   np.testing.assert_allclose(list(out.values()), want, rtol=1e-6)  # float32 sums of 13 squares
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+@pytest.mark.parametrize("progress,tty,shown", [(True, True, True), (False, True, False),
+                                                 (True, False, False)])
+def test_progress_bar_only_on_a_terminal_and_when_asked(tmp_path, monkeypatch, progress, tty,
+                                                        shown):
+  stderr = _Terminal() if tty else io.StringIO()
+  monkeypatch.setattr(sys, "stderr", stderr)
+  writer = metrics_lib.MetricsWriter(str(tmp_path), num_steps=10, start_step=0, enabled=True,
+                                     progress=progress)
+  writer.advance(1, loss=0.123456, accuracy=0.5)
+  writer.close()
+  assert ("loss=0.1235" in stderr.getvalue()) == shown
+
+
+def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 2, "a": 1}\n{"step": 4, "a": 2}\n{"step": 6, "a"')  # torn last line
+  writer = metrics_lib.MetricsWriter(str(tmp_path), num_steps=10, start_step=2, enabled=True,
+                                     progress=False)
+  writer.write(4, {"a": 3.0})
+  writer.close()
+  assert metrics_lib.read_jsonl(str(path)) == [{"step": 2, "a": 1}, {"step": 4, "a": 3.0}]

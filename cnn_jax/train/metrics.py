@@ -99,8 +99,10 @@ class MetricsWriter:
     truncate_after(self.grad_norms_path, start_step)
     tensorboardx = _import_tensorboardx()
     if tensorboardx is not None:
-      self._tb = tensorboardx.SummaryWriter(logdir=workdir, purge_step=start_step or None,
-                                            flush_secs=30)
+      # TensorBoard hides earlier sessions' events at steps >= purge_step; rows at start_step
+      # itself were written before the checkpoint and stay.
+      self._tb = tensorboardx.SummaryWriter(
+          logdir=workdir, purge_step=start_step + 1 if start_step else None, flush_secs=30)
     if progress and sys.stderr.isatty():
       import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm.tqdm(total=num_steps, initial=start_step, file=sys.stderr,
