@@ -119,14 +119,19 @@ def main(argv):
       else config_flags.get_config_filename(FLAGS["config"])
   commands = [runner.command_for(name, config_arg, _user_config_overrides(sys.argv), r, workdir)
               for r in runs]
-  if FLAGS.dry_run:
-    for command in commands:
-      print(shlex.join(command))
-    return 0
-  if not axes:
-    summary = runner.run_one(name, runs[0].config, workdir, overwrite=FLAGS.overwrite)
-    return 0 if summary.get("ok", True) else 1
-  summaries = runner.run_sweep(name, runs, workdir, parallel=FLAGS.parallel, commands=commands)
+  try:
+    runner.check_runs(name, runs)
+    if FLAGS.dry_run:
+      for command in commands:
+        print(shlex.join(command))
+      return 0
+    if not axes:
+      summary = runner.run_one(name, runs[0].config, workdir, overwrite=FLAGS.overwrite)
+      return 0 if summary.get("ok", True) else 1
+    summaries = runner.run_sweep(name, runs, workdir, parallel=FLAGS.parallel,
+                                 commands=commands)
+  except ValueError as e:  # a config that cannot work: one line, like any other misuse
+    fail(str(e))
   rows = runner.collect(runs, summaries, workdir)
   print(runner.markdown_table(rows, list(rows[0].keys())))
   print(f"results: {os.path.join(workdir, 'results.md')}")

@@ -155,6 +155,24 @@ def expand(config: ml_collections.ConfigDict, axes: Sequence[SweepAxis]) -> list
 # ---------------------------------------------------------------------------------- running
 
 
+def check_runs(name: str, runs: Sequence[RunSpec]) -> None:
+  """Runs the experiment's own ``check(config)`` (if it has one) on every run, first.
+
+  Raises:
+    ValueError: the first run whose config cannot work, before anything runs or is written.
+  """
+  check = getattr(experiment_module(name), "check", None)
+  if check is None:
+    return
+  for run in runs:
+    try:
+      check(run.config)
+    except ValueError as e:
+      where = f" (run {run.run_id})" if run.run_id else ""
+      raise ValueError(f"{e}{where}") from None
+
+
+
 def is_finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, "summary.json"))
 

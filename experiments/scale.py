@@ -72,7 +72,7 @@ def run(config, workdir):
   model_names = study.parse_list(config.models, "models")
   named = [(f"{m}-n{t}", study.variant(config, model=m, train_size=t))
            for m in model_names for t in train_sizes]
-  study.check_models(named, study.load_data(config).num_classes)
+  study.check_runs(named)
 
   counts = layer_counts(sizes)
   dense_224x224x3_to_10 = lesson_dense_example()

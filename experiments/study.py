@@ -80,22 +80,19 @@ def read_metrics(workdir: str, filename: str = "metrics.jsonl") -> list[dict]:
   return rows
 
 
-def check_models(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]],
-                 num_classes: int | None = None) -> None:
-  """Builds every model once (cheap, no tracing) so a bad field fails before any run."""
-  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+def check_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]],
+               dataset=None) -> None:
+  """Checks every run completely (fields, data, model shapes) before the first one starts."""
+  from cnn_jax import train  # pylint: disable=g-import-not-at-top
   for _, config in named_configs:
-    config = variant(config)
-    if num_classes is not None:
-      config.num_classes = num_classes
-    models.build(config)
+    train.preflight(config, dataset=dataset)
 
 
 def train_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]], workdir: str,
                *, dataset=None, log: Callable[[str], None] = print) -> list[Run]:
   """Trains every ``(name, config)`` into ``workdir/name`` unless already finished."""
   from cnn_jax import train  # pylint: disable=g-import-not-at-top
-  check_models(named_configs, None if dataset is None else dataset.num_classes)
+  check_runs(named_configs, dataset)
   runs = []
   for name, config in named_configs:
     run_dir = os.path.join(workdir, name)
@@ -171,8 +168,7 @@ def compare_variants(config: ml_collections.ConfigDict, workdir: str, *, title: 
            for name, overrides in parse_variants(config.variants, config)]
   dataset = load_data(config)
   shape = dataset.x_train.shape[1:]
-  check_models(named, dataset.num_classes)
-  runs = train_runs(named, workdir)
+  runs = train_runs(named, workdir, dataset=dataset)
   rows = []
   for r in runs:
     row = {"variant": r.name}

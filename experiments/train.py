@@ -13,9 +13,15 @@ from typing import Any
 
 import ml_collections
 
+from cnn_jax.train import preflight
 from cnn_jax.train import train_and_evaluate
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """``cnn_jax.train.train_and_evaluate(config, workdir)``: the run's summary."""
   return train_and_evaluate(config, workdir)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises a one-line ValueError if ``config`` cannot train (nothing compiled or written)."""
+  preflight(config)

@@ -94,7 +94,8 @@ def test_interrupted_sweep_finishes_with_four_results_and_runs_nothing_twice(tmp
              "--config=" + os.path.join(REPO, "experiments", "configs", "default.py"),
              "--config.dataset=digits", "--config.image_size=8", "--config.batch_size=16",
              "--config.train_size=128", "--config.num_steps=6", "--config.eval_every=3",
-             "--config.checkpoint_every=2", "--config.model=simple_cnn", "--noprogress",
+             "--config.checkpoint_every=2", "--config.model=simple_cnn", "--config.depth=2",
+             "--noprogress",
              "--sweep=seed=0,1", "--sweep=learning_rate=0.1,0.05", f"--workdir={workdir}"]
   process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)

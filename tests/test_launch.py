@@ -101,3 +101,14 @@ def test_sweep_skips_finished_runs_and_collects_their_summaries(tmp_path, monkey
   calls.clear()
   runner.run_sweep("fake", runs, str(tmp_path), progress=lambda _: None)
   assert calls == []
+
+
+def test_a_config_that_cannot_train_fails_in_one_line_before_writing(tmp_path):
+  # 20 conv-pool blocks cannot fit an 8x8 image: found by the preflight, not mid-training.
+  workdir = tmp_path / "w"
+  result = _launch("--experiment=train", "--config.model=simple_cnn", "--config.depth=20",
+                   "--config.image_size=8", f"--workdir={workdir}", cwd=tmp_path)
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith(("I", "W"))]
+  assert len(lines) == 1 and "stride=2 shrinks the feature map" in lines[0]
+  assert not workdir.exists()

@@ -21,7 +21,6 @@ MACs scale with the batch of ``input_shape``: pass ``N = 1`` for per-example fig
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -159,18 +158,15 @@ def count_params(model: nn.Module, input_shape: Sequence[int], *,
   return sum(_prod(leaf.shape) for leaf in jax.tree.leaves(variables.get("params", {})))
 
 
-def receptive_field_hook(model: nn.Module, input_shape: Sequence[int]) -> Optional[list[Any]]:
-  """Per-layer receptive-field records from ``cnn_jax.analysis.receptive_field``, if present.
+def receptive_fields(records: Sequence[LayerRecord], input_shape: Sequence[int]) -> Optional[list[Any]]:
+  """Receptive-field records (``analysis.receptive_field``) along the traced main path.
 
-  Integration point: that module (written separately) exposes
-  ``receptive_field(layers_or_model, input_shape=None)`` returning one record per layer with a
-  per-dim ``size``, the last one the whole net. Returns None while it does not exist, so the
-  summary table simply has no receptive-field column.
+  Returns None for a model without spatial layers (an MLP has no receptive field).
   """
-  if importlib.util.find_spec("cnn_jax.analysis.receptive_field") is None:
-    return None
   from cnn_jax.analysis import receptive_field  # pylint: disable=g-import-not-at-top
-  return list(receptive_field.receptive_field(model, input_shape=tuple(input_shape)))
+  if not any(r.kind in receptive_field.SPATIAL_KINDS and not r.on_shortcut for r in records):
+    return None
+  return list(receptive_field.receptive_field(records, input_shape=tuple(input_shape)))
 
 
 def summarize(model: nn.Module, input_shape: Sequence[int]) -> dict:
@@ -183,7 +179,7 @@ def summarize(model: nn.Module, input_shape: Sequence[int]) -> dict:
     the receptive-field module is not available.
   """
   records = trace_layers(model, input_shape)
-  rf_records = receptive_field_hook(model, input_shape)
+  rf_records = receptive_fields(records, input_shape)
   rows = []
   for r in records:
     rows.append({"name": r.name, "kind": r.kind, "output_shape": list(r.output_shape),
@@ -191,9 +187,10 @@ def summarize(model: nn.Module, input_shape: Sequence[int]) -> dict:
   total_rf = None
   if rf_records:
     total_rf = list(rf_records[-1].size)
-    if len(rf_records) == len(rows):  # one record per layer: fill the column
-      for row, rf in zip(rows, rf_records):
-        row["receptive_field"] = list(rf.size)
+    by_name = {rf.name: rf for rf in rf_records}
+    for row in rows:  # the field after each spatial layer of the main path
+      if row["name"] in by_name:
+        row["receptive_field"] = list(by_name[row["name"]].size)
   macs = sum(r.macs for r in records)
   return {"input_shape": list(input_shape), "layers": rows,
           "params": count_params(model, input_shape), "macs": macs, "flops": 2 * macs,

@@ -4,7 +4,7 @@ Entry point: ``train_and_evaluate(config, workdir) -> summary`` (see ``loop.py``
 docs/training.md).
 """
 
-from cnn_jax.train.loop import evaluate, resolve_config, train_and_evaluate, validate
+from cnn_jax.train.loop import evaluate, preflight, resolve_config, train_and_evaluate, validate
 from cnn_jax.train.state import TrainState
 
-__all__ = ["TrainState", "evaluate", "resolve_config", "train_and_evaluate", "validate"]
+__all__ = ["TrainState", "evaluate", "preflight", "resolve_config", "train_and_evaluate", "validate"]

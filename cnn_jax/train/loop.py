@@ -87,6 +87,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"batch_size={config.batch_size!r}: must be an integer > 0")
 
 
+def preflight(config: ml_collections.ConfigDict, *, dataset=None, model=None) -> None:
+  """Checks a run's config completely without training: fields, data, model and shapes.
+
+  Loads the dataset (offline ones are cheap), builds the model and initialises it abstractly
+  (``jax.eval_shape``: nothing is compiled or computed), so that a model that does not fit the
+  data (a stride shrinking a map below 1x1, a channel mismatch) fails here, before a sweep
+  starts any run or writes any file.
+
+  Raises:
+    ValueError: one line naming the field and what is allowed.
+  """
+  config = resolve_config(config)
+  validate(config)
+  if dataset is None:
+    from cnn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+    dataset = data_lib.load(config)
+  with config.unlocked():
+    config.num_classes = int(dataset.num_classes)
+  if model is None:
+    from cnn_jax import models  # pylint: disable=g-import-not-at-top
+    model = models.build(config)
+  tx = optim.make_optimizer(config, optim.make_schedule(config))
+  input_shape = tuple(dataset.x_train.shape[1:])
+  jax.eval_shape(lambda: state_lib.create(model, tx, input_shape, config.seed))
+
+
 def _data_functions(batch_indices, prepare_batch):
   if batch_indices is None or prepare_batch is None:
     from cnn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
