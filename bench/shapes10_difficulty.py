@@ -1,6 +1,6 @@
 """How hard is shapes10? Test accuracy of a linear model, an MLP and a small CNN.
 
-  python -m bench.shapes10_difficulty [--cnn_steps=1500] [--skip_sklearn]
+  python -m bench.shapes10_difficulty [--cnn_steps=400] [--skip_sklearn] [--skip_cnn]
 
 The linear model and MLP are scikit-learn on standardised pixels; the CNN is a short pure
 Flax model (3 conv layers + max pools + global average pool), trained with Adam through this
@@ -87,6 +87,8 @@ def small_cnn(data, steps: int, batch_size: int = 128) -> None:
   for step in range(steps):
     idx = batch_indices(n, batch_size, 0, step)
     params, opt_state, loss = train_step(params, opt_state, data.x_train[idx], data.y_train[idx])
+    if (step + 1) % 100 == 0:
+      print(f"  step {step + 1}: loss {float(loss):.3f} ({time.time() - start:.0f} s)", flush=True)
   print(f"small CNN (3 conv, {steps} Adam steps of {batch_size} = "
         f"{steps * batch_size / n:.0f} epochs): train {accuracy(data.x_train, data.y_train):.3f}, "
         f"test {accuracy(data.x_test, data.y_test):.3f}, final loss {float(loss):.3f} "
@@ -95,7 +97,7 @@ def small_cnn(data, steps: int, batch_size: int = 128) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--cnn_steps", type=int, default=1500)
+  parser.add_argument("--cnn_steps", type=int, default=400)
   parser.add_argument("--skip_sklearn", action="store_true")
   parser.add_argument("--skip_cnn", action="store_true")
   args = parser.parse_args()
