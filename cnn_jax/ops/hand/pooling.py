@@ -22,21 +22,12 @@ from cnn_jax import ops
 from cnn_jax.ops import correlation
 from cnn_jax.ops import pooling
 from cnn_jax.ops.hand.correlation import (
+    canonical_padding,
     correlate_input_grad,
     correlate_weight_grad,
+    prod,
     scatter_patches,
 )
-
-
-def _canonical(spec):
-  return "CIRCULAR" if spec.circular else spec.pads
-
-
-def _window_size(spec):
-  size = 1
-  for k in spec.kernel:
-    size *= k
-  return size
 
 
 def _kernel_axes(spec):
@@ -50,7 +41,7 @@ def _kernel_axes(spec):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool(x, spec):
-  return ops.max_pool(x, spec.kernel, spec.stride, _canonical(spec))
+  return ops.max_pool(x, spec.kernel, spec.stride, canonical_padding(spec))
 
 
 def _max_pool_fwd(x, spec):
@@ -97,7 +88,7 @@ def _depthwise(weights, channels):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _avg_pool(x, spec):
-  return ops.avg_pool(x, spec.kernel, spec.stride, _canonical(spec))
+  return ops.avg_pool(x, spec.kernel, spec.stride, canonical_padding(spec))
 
 
 def _avg_pool_fwd(x, spec):
@@ -106,7 +97,7 @@ def _avg_pool_fwd(x, spec):
 
 def _avg_pool_bwd(spec, x_shape, g):
   channels = x_shape[-1]
-  uniform = jnp.full(spec.kernel, 1.0 / _window_size(spec), g.dtype)
+  uniform = jnp.full(spec.kernel, 1.0 / prod(spec.kernel), g.dtype)
   return (correlate_input_grad(g, _depthwise(uniform, channels), spec, x_shape, channels),)
 
 
@@ -129,7 +120,7 @@ def avg_pool(x, window, stride=None, padding="VALID"):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _weighted_avg_pool(x, weights, spec):
-  return ops.weighted_avg_pool(x, weights, spec.stride, _canonical(spec))
+  return ops.weighted_avg_pool(x, weights, spec.stride, canonical_padding(spec))
 
 
 def _weighted_avg_pool_fwd(x, weights, spec):
@@ -178,7 +169,7 @@ def weighted_avg_pool(x, weights, stride=None, padding="VALID"):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _lp_pool(x, spec, p):
-  return ops.lp_pool(x, spec.kernel, p, spec.stride, _canonical(spec))
+  return ops.lp_pool(x, spec.kernel, p, spec.stride, canonical_padding(spec))
 
 
 def _lp_pool_fwd(x, spec, p):
@@ -247,10 +238,7 @@ def _global_avg_pool_fwd(x):
 
 
 def _global_avg_pool_bwd(x_shape, g):
-  positions = 1
-  for size in x_shape[1:-1]:
-    positions *= size
-  spread = jnp.reshape(g / positions, (x_shape[0],) + (1,) * (len(x_shape) - 2) + (x_shape[-1],))
+  spread = jnp.reshape(g / prod(x_shape[1:-1]), (x_shape[0],) + (1,) * (len(x_shape) - 2) + (x_shape[-1],))
   return (jnp.broadcast_to(spread, x_shape),)
 
 
