@@ -86,16 +86,19 @@ def _depthwise(weights, channels):
   return jnp.broadcast_to(weights[..., None, None], weights.shape + (1, channels))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _avg_pool(x, spec):
+# The input shape travels as a static argument: the backward needs it (a stride that does
+# not divide leaves trailing inputs no window reads) but not the input itself.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _avg_pool(x, spec, x_shape):
+  del x_shape
   return ops.avg_pool(x, spec.kernel, spec.stride, canonical_padding(spec))
 
 
-def _avg_pool_fwd(x, spec):
-  return _avg_pool(x, spec), x.shape
+def _avg_pool_fwd(x, spec, x_shape):
+  return _avg_pool(x, spec, x_shape), None
 
 
-def _avg_pool_bwd(spec, x_shape, g):
+def _avg_pool_bwd(spec, x_shape, _, g):
   channels = x_shape[-1]
   uniform = jnp.full(spec.kernel, 1.0 / prod(spec.kernel), g.dtype)
   return (correlate_input_grad(g, _depthwise(uniform, channels), spec, x_shape, channels),)
@@ -115,7 +118,7 @@ def avg_pool(x, window, stride=None, padding="VALID"):
   Args, Returns, Raises: as ``ops.avg_pool``.
   """
   spec = pooling._spec(x, window, stride, padding)  # pylint: disable=protected-access
-  return _avg_pool(x, spec)
+  return _avg_pool(x, spec, tuple(x.shape))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -217,7 +220,6 @@ def lp_pool(x, window, p: float = 2.0, stride=None, padding="VALID"):
 # ---------------------------------------------------------------------------------------------
 
 
-@jax.custom_vjp
 def global_avg_pool(x):
   """``ops.global_avg_pool`` with a hand-written backward pass.
 
@@ -230,19 +232,27 @@ def global_avg_pool(x):
   Returns:
     ``(N, C)``.
   """
+  return _global_avg_pool(x, tuple(x.shape))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _global_avg_pool(x, x_shape):
+  del x_shape
   return ops.global_avg_pool(x)
 
 
-def _global_avg_pool_fwd(x):
-  return ops.global_avg_pool(x), x.shape
+def _global_avg_pool_fwd(x, x_shape):
+  return _global_avg_pool(x, x_shape), None
 
 
-def _global_avg_pool_bwd(x_shape, g):
-  spread = jnp.reshape(g / prod(x_shape[1:-1]), (x_shape[0],) + (1,) * (len(x_shape) - 2) + (x_shape[-1],))
+def _global_avg_pool_bwd(x_shape, _, g):
+  # (N, C) → (N, 1, …, 1, C), then broadcast over every position.
+  spread = jnp.reshape(g / prod(x_shape[1:-1]),
+                       (x_shape[0],) + (1,) * (len(x_shape) - 2) + (x_shape[-1],))
   return (jnp.broadcast_to(spread, x_shape),)
 
 
-global_avg_pool.defvjp(_global_avg_pool_fwd, _global_avg_pool_bwd)
+_global_avg_pool.defvjp(_global_avg_pool_fwd, _global_avg_pool_bwd)
 
 
 @jax.custom_vjp
