@@ -122,7 +122,9 @@ def _fmt(value) -> str:
   if isinstance(value, str):
     return value
   if isinstance(value, (tuple, list)):
-    return "(" + ",".join(_fmt(v) for v in value) + ")" if len(value) != 1 else f"({_fmt(value[0])},)"
+    if len(value) == 1:
+      return f"({_fmt(value[0])},)"
+    return "(" + ",".join(_fmt(v) for v in value) + ")"
   return str(value)
 
 

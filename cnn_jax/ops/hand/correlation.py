@@ -205,14 +205,14 @@ def correlate_weight_grad(x, g, spec: correlation.WindowSpec, kernel_shape, grou
 # ---------------------------------------------------------------------------------------------
 
 
-def _canonical(spec: correlation.WindowSpec):
-  # A hashable padding that the forward op resolves to exactly `spec.pads` again.
+def canonical_padding(spec: correlation.WindowSpec):
+  """A hashable ``padding`` that the forward ops resolve to exactly ``spec.pads`` again."""
   return "CIRCULAR" if spec.circular else spec.pads
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _correlate(x, w, spec, groups):
-  return ops.correlate(x, w, stride=spec.stride, padding=_canonical(spec),
+  return ops.correlate(x, w, stride=spec.stride, padding=canonical_padding(spec),
                        dilation=spec.dilation, groups=groups)
 
 
@@ -252,7 +252,7 @@ def correlate(x, w, *, stride=1, padding="VALID", dilation=1, groups=1):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _convolve(x, w, spec, groups):
-  return ops.convolve(x, w, stride=spec.stride, padding=_canonical(spec),
+  return ops.convolve(x, w, stride=spec.stride, padding=canonical_padding(spec),
                       dilation=spec.dilation, groups=groups)
 
 
@@ -293,7 +293,7 @@ def convolve(x, w, *, stride=1, padding="VALID", dilation=1, groups=1):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _locally_connected(x, w, spec):
-  return ops.locally_connected(x, w, stride=spec.stride, padding=_canonical(spec),
+  return ops.locally_connected(x, w, stride=spec.stride, padding=canonical_padding(spec),
                                dilation=spec.dilation)
 
 
@@ -305,7 +305,7 @@ def _locally_connected_bwd(spec, residuals, g):
   x, w = residuals
   n, c_out = x.shape[0], w.shape[-1]
   patches = correlation.extract_patches(x, spec)  # (N, *out, *kernel, C_in)
-  p = patches.size // (n * _prod(spec.kernel) * x.shape[-1])
+  p = prod(spec.out_spatial)
   patches = patches.reshape(n, p, -1)  # (N, P, K·C_in)
   g = g.reshape(n, p, c_out)
   kernels = w.reshape(p, -1, c_out)
@@ -318,7 +318,8 @@ def _locally_connected_bwd(spec, residuals, g):
 _locally_connected.defvjp(_locally_connected_fwd, _locally_connected_bwd)
 
 
-def _prod(values):
+def prod(values) -> int:
+  """Product of a tuple of ints (a window's or a grid's number of entries)."""
   out = 1
   for v in values:
     out *= v

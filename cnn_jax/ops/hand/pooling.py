@@ -22,21 +22,12 @@ from cnn_jax import ops
 from cnn_jax.ops import correlation
 from cnn_jax.ops import pooling
 from cnn_jax.ops.hand.correlation import (
+    canonical_padding,
     correlate_input_grad,
     correlate_weight_grad,
+    prod,
     scatter_patches,
 )
-
-
-def _canonical(spec):
-  return "CIRCULAR" if spec.circular else spec.pads
-
-
-def _window_size(spec):
-  size = 1
-  for k in spec.kernel:
-    size *= k
-  return size
 
 
 def _kernel_axes(spec):
@@ -50,7 +41,7 @@ def _kernel_axes(spec):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool(x, spec):
-  return ops.max_pool(x, spec.kernel, spec.stride, _canonical(spec))
+  return ops.max_pool(x, spec.kernel, spec.stride, canonical_padding(spec))
 
 
 def _max_pool_fwd(x, spec):
@@ -95,18 +86,21 @@ def _depthwise(weights, channels):
   return jnp.broadcast_to(weights[..., None, None], weights.shape + (1, channels))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _avg_pool(x, spec):
-  return ops.avg_pool(x, spec.kernel, spec.stride, _canonical(spec))
+# The input shape travels as a static argument: the backward needs it (a stride that does
+# not divide leaves trailing inputs no window reads) but not the input itself.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _avg_pool(x, spec, x_shape):
+  del x_shape
+  return ops.avg_pool(x, spec.kernel, spec.stride, canonical_padding(spec))
 
 
-def _avg_pool_fwd(x, spec):
-  return _avg_pool(x, spec), x.shape
+def _avg_pool_fwd(x, spec, x_shape):
+  return _avg_pool(x, spec, x_shape), None
 
 
-def _avg_pool_bwd(spec, x_shape, g):
+def _avg_pool_bwd(spec, x_shape, _, g):
   channels = x_shape[-1]
-  uniform = jnp.full(spec.kernel, 1.0 / _window_size(spec), g.dtype)
+  uniform = jnp.full(spec.kernel, 1.0 / prod(spec.kernel), g.dtype)
   return (correlate_input_grad(g, _depthwise(uniform, channels), spec, x_shape, channels),)
 
 
@@ -124,12 +118,12 @@ def avg_pool(x, window, stride=None, padding="VALID"):
   Args, Returns, Raises: as ``ops.avg_pool``.
   """
   spec = pooling._spec(x, window, stride, padding)  # pylint: disable=protected-access
-  return _avg_pool(x, spec)
+  return _avg_pool(x, spec, tuple(x.shape))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _weighted_avg_pool(x, weights, spec):
-  return ops.weighted_avg_pool(x, weights, spec.stride, _canonical(spec))
+  return ops.weighted_avg_pool(x, weights, spec.stride, canonical_padding(spec))
 
 
 def _weighted_avg_pool_fwd(x, weights, spec):
@@ -178,7 +172,7 @@ def weighted_avg_pool(x, weights, stride=None, padding="VALID"):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _lp_pool(x, spec, p):
-  return ops.lp_pool(x, spec.kernel, p, spec.stride, _canonical(spec))
+  return ops.lp_pool(x, spec.kernel, p, spec.stride, canonical_padding(spec))
 
 
 def _lp_pool_fwd(x, spec, p):
@@ -226,7 +220,6 @@ def lp_pool(x, window, p: float = 2.0, stride=None, padding="VALID"):
 # ---------------------------------------------------------------------------------------------
 
 
-@jax.custom_vjp
 def global_avg_pool(x):
   """``ops.global_avg_pool`` with a hand-written backward pass.
 
@@ -239,22 +232,27 @@ def global_avg_pool(x):
   Returns:
     ``(N, C)``.
   """
+  return _global_avg_pool(x, tuple(x.shape))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _global_avg_pool(x, x_shape):
+  del x_shape
   return ops.global_avg_pool(x)
 
 
-def _global_avg_pool_fwd(x):
-  return ops.global_avg_pool(x), x.shape
+def _global_avg_pool_fwd(x, x_shape):
+  return _global_avg_pool(x, x_shape), None
 
 
-def _global_avg_pool_bwd(x_shape, g):
-  positions = 1
-  for size in x_shape[1:-1]:
-    positions *= size
-  spread = jnp.reshape(g / positions, (x_shape[0],) + (1,) * (len(x_shape) - 2) + (x_shape[-1],))
+def _global_avg_pool_bwd(x_shape, _, g):
+  # (N, C) → (N, 1, …, 1, C), then broadcast over every position.
+  spread = jnp.reshape(g / prod(x_shape[1:-1]),
+                       (x_shape[0],) + (1,) * (len(x_shape) - 2) + (x_shape[-1],))
   return (jnp.broadcast_to(spread, x_shape),)
 
 
-global_avg_pool.defvjp(_global_avg_pool_fwd, _global_avg_pool_bwd)
+_global_avg_pool.defvjp(_global_avg_pool_fwd, _global_avg_pool_bwd)
 
 
 @jax.custom_vjp
