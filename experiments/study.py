@@ -10,7 +10,6 @@ run starts, then trains each into ``workdir/<name>/`` — or, if that run alread
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Sequence
 
@@ -66,18 +65,9 @@ def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Co
 
 
 def read_metrics(workdir: str, filename: str = "metrics.jsonl") -> list[dict]:
-  """A run's JSON-lines file as dicts; a torn last line (a crash mid-write) is skipped."""
-  rows = []
-  path = os.path.join(workdir, filename)
-  if not os.path.exists(path):
-    return rows
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return rows
+  """A run's JSON-lines file as dicts (a torn last line from a crash is skipped)."""
+  from cnn_jax.train import metrics  # pylint: disable=g-import-not-at-top
+  return metrics.read_jsonl(os.path.join(workdir, filename))
 
 
 def check_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]],

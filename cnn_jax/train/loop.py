@@ -87,6 +87,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"batch_size={config.batch_size!r}: must be an integer > 0")
 
 
+def data_and_model(config: ml_collections.ConfigDict, dataset=None, model=None):
+  """The run's dataset and model (loaded/built unless given); sets ``config.num_classes``."""
+  if dataset is None:
+    from cnn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+    dataset = data_lib.load(config)
+  with config.unlocked():
+    config.num_classes = int(dataset.num_classes)
+  if model is None:
+    from cnn_jax import models  # pylint: disable=g-import-not-at-top
+    model = models.build(config)
+  return dataset, model
+
+
 def preflight(config: ml_collections.ConfigDict, *, dataset=None, model=None) -> None:
   """Checks a run's config completely without training: fields, data, model and shapes.
 
@@ -100,14 +113,7 @@ def preflight(config: ml_collections.ConfigDict, *, dataset=None, model=None) ->
   """
   config = resolve_config(config)
   validate(config)
-  if dataset is None:
-    from cnn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-    dataset = data_lib.load(config)
-  with config.unlocked():
-    config.num_classes = int(dataset.num_classes)
-  if model is None:
-    from cnn_jax import models  # pylint: disable=g-import-not-at-top
-    model = models.build(config)
+  dataset, model = data_and_model(config, dataset, model)
   tx = optim.make_optimizer(config, optim.make_schedule(config))
   input_shape = tuple(dataset.x_train.shape[1:])
   jax.eval_shape(lambda: state_lib.create(model, tx, input_shape, config.seed))
@@ -233,14 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
                           "set overwrite=True to train it again")
 
   batch_indices, prepare_batch = _data_functions(batch_indices, prepare_batch)
-  if dataset is None:
-    from cnn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-    dataset = data_lib.load(config)
-  with config.unlocked():
-    config.num_classes = int(dataset.num_classes)
-  if model is None:
-    from cnn_jax import models  # pylint: disable=g-import-not-at-top
-    model = models.build(config)
+  dataset, model = data_and_model(config, dataset, model)
   input_shape = tuple(dataset.x_train.shape[1:])
   num_train = len(dataset.x_train)
 

@@ -33,14 +33,8 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str, *, dataset=Non
   Raises:
     ValueError: if ``workdir`` has no checkpoint.
   """
-  from cnn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from cnn_jax import models  # pylint: disable=g-import-not-at-top
   config = loop.resolve_config(config)
-  if dataset is None:
-    dataset = data_lib.load(config)
-  with config.unlocked():
-    config.num_classes = int(dataset.num_classes)
-  model = models.build(config)
+  dataset, model = loop.data_and_model(config, dataset)
   input_shape = tuple(dataset.x_train.shape[1:])
   tx = optim.make_optimizer(config, optim.make_schedule(config))
   abstract = jax.eval_shape(lambda: state_lib.create(model, tx, input_shape, config.seed))
