@@ -47,6 +47,25 @@ def append_line(path: str, line: str) -> None:
     f.flush()
 
 
+def read_jsonl(path: str) -> list[dict]:
+  """The objects of a JSON-lines file written by ``append_line``; [] if it does not exist.
+
+  A line that does not parse (torn by a crash mid-write) is skipped.
+  """
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return rows
+
+
 def save_figure(fig, path: str, **kwargs) -> None:
   """Saves a matplotlib figure to ``path`` atomically (format from the extension)."""
   import io  # pylint: disable=g-import-not-at-top

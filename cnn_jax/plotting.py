@@ -9,7 +9,6 @@ figure state to leak between calls.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -180,19 +179,7 @@ def plot_equivariance(rows: Sequence[Mapping[str, Any]], path: str, *,
             title=title)
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """The records of a JSON-lines file; a torn last line (a crash mid-write) is skipped."""
-  records = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return records
+read_jsonl = atomic.read_jsonl  # one reader for the JSON-lines files runs write
 
 
 def plot_metric(runs: Mapping[str, str], key: str, path: str, *, x_key: str = "step",

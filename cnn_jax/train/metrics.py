@@ -23,18 +23,7 @@ METRICS_FILE = "metrics.jsonl"
 GRAD_NORMS_FILE = "grad_norms.jsonl"
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """The objects of a JSON-lines file, skipping a torn (unparseable) line; [] if absent."""
-  if not os.path.exists(path):
-    return []
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return rows
+read_jsonl = atomic.read_jsonl  # the reader that matches append_line
 
 
 def truncate_after(path: str, step: int) -> None:
