@@ -4,8 +4,6 @@ import importlib.util
 import json
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,7 +15,7 @@ from experiments.configs import default
 
 
 class Tiny(nn.Module):
-  """conv (stride 2, SAME) → BN → max pool → grouped dilated conv → avg pool → GAP → dense."""
+  """conv (stride 2) → BN → max pool → grouped dilated conv → avg pool → GAP → dense."""
 
   @nn.compact
   def __call__(self, x, train=False):
