@@ -1,5 +1,9 @@
 """Compile time of a ResNet train step against depth, with and without ``nn.scan``.
 
+"scanned" is the models' default (``scan_blocks=True``: stages with at least
+``stages.MIN_SCANNED_BLOCKS`` repeated blocks run under ``nn.scan``, shorter ones are unrolled);
+"unrolled" is ``scan_blocks=False`` (every block traced and compiled on its own).
+
   python -m bench.compile_time                  # depths 20 56 110, scanned and unrolled
   python -m bench.compile_time --depths 20 110 --no-unrolled
 
@@ -76,7 +80,7 @@ def main() -> None:
   print("|---|---:|---:|---:|---:|---:|---:|---:|")
   for row in rows:
     base = next(r for r in rows if r["scan"] == row["scan"] and r["depth"] == min(args.depths))
-    print(f"| {'nn.scan' if row['scan'] else 'unrolled'} | {row['depth']} | "
+    print(f"| {'default (scan)' if row['scan'] else 'unrolled'} | {row['depth']} | "
           f"{row['lower_s']:.2f} | {row['compile_s']:.2f} | {row['total_s']:.2f} | "
           f"{row['total_s'] / base['total_s']:.2f}× | {row['cpu_s']:.2f} | "
           f"{row['cpu_s'] / base['cpu_s']:.2f}× |")
