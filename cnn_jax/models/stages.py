@@ -25,8 +25,9 @@ ModuleDef = Any
 
 SHORTCUTS = ("A", "B")
 DOWNSAMPLES = ("conv", "pool")
-# Measured (bench/compile_time.py): a scanned ResNet-20 train step compiles in ~11 s of CPU, an
-# unrolled one in ~6 s; from 8 repeated blocks per stage (ResNet-56) on, scanning wins.
+# Measured (bench/compile_time.py): with 2 repeated blocks per stage (ResNet-20) a scanned train
+# step compiles in ~11 s of CPU, an unrolled one in ~6 s; with 8 (ResNet-56) scanning wins
+# (11 s vs 14 s). Where in 3..7 they cross was not measured; 3 keeps ResNet-20 unrolled.
 MIN_SCANNED_BLOCKS = 3
 
 
