@@ -37,8 +37,8 @@ ROWS = [
     ("local (depth 3, width 32)", dict(model="local", depth=3, width=32, downsample="pool"),
      "", ""),
     ("mlp (depth 3, hidden 128)", dict(model="mlp", depth=3), "", ""),
-    ("mlp (depth 1) on 224×224×3", dict(model="mlp", depth=1, image_size=224), "1,505,280 weights",
-     "the lesson"),
+    ("mlp (depth 1) on 224×224×3", dict(model="mlp", depth=1, image_size=224),
+     "1,505,280 weights", "the lesson"),
 ]
 
 

@@ -69,7 +69,8 @@ def layer_counts(n: int) -> dict[str, tuple[int, int]]:
 def main() -> None:
   counts = {n: layer_counts(n) for n in SIZES}
   names = list(counts[SIZES[0]])
-  print("| input | " + " | ".join(f"{name} params" for name in names) + " | local MACs | conv MACs |")
+  print("| input | " + " | ".join(f"{name} params" for name in names)
+        + " | local MACs | conv MACs |")
   print("|---|" + "---:|" * (len(names) + 2))
   for n in SIZES:
     row = counts[n]
@@ -81,8 +82,8 @@ def main() -> None:
               label=name)
   ax.set_xlabel("input pixels n × n (3 channels)")
   ax.set_ylabel("parameters of one layer")
-  ax.set_title("One layer's parameters, P = n² pixels: dense O(P²) or O(P), local O(P), shared O(1)",
-               fontsize=9)
+  ax.set_title("One layer's parameters, P = n² pixels: "
+               "dense O(P²) or O(P), local O(P), shared O(1)", fontsize=9)
   ax.grid(True, which="major", alpha=0.4)
   ax.legend()
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scale.png")

@@ -17,7 +17,7 @@ from experiments.configs import default
 
 
 class Tiny(nn.Module):
-  """conv (stride 2, SAME) → BN → max pool → grouped dilated conv → avg pool → GAP → dense."""
+  """conv (stride 2) → BN → max pool → grouped dilated conv → avg pool → GAP → dense."""
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -66,17 +66,18 @@ def test_trace_runs_no_computation():
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])
 def test_resnet_trace_lists_every_block_even_when_scanned(shortcut):
-  model = resnet.ResNet(num_classes=10, depth=20, width=4, shortcut=shortcut)
-  assert model.scan_blocks  # the trace unrolls the scanned blocks by itself
+  model = resnet.ResNet(num_classes=10, depth=26, width=4, shortcut=shortcut)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
+  assert "blocks" in shapes["params"]["stage1"]  # scanned; the trace unrolls it by itself
   records = counting.trace_layers(model, (1, 16, 16, 3))
   names = [r.name for r in records]
   for stage in (1, 2, 3):
-    for block in range(3):
+    for block in range(4):
       assert f"stage{stage}/block{block}/conv1" in names
       assert f"stage{stage}/block{block}/conv2" in names
-  assert names.index("stage1/block2/conv2") < names.index("stage2/block0/conv1")
+  assert names.index("stage1/block3/conv2") < names.index("stage2/block0/conv1")
   convs = [r for r in records if r.kind == "conv" and not r.on_shortcut]
-  assert len(convs) + 1 == 20  # 19 convs + the classifier make ResNet-20's 20 layers
+  assert len(convs) + 1 == 26  # 25 convs + the classifier make ResNet-26's 26 layers
   shortcut_records = [r for r in records if r.on_shortcut]
   # Option B: a 1x1 projection + BN where the shape changes (stages 2 and 3); A: none.
   assert [r.name for r in shortcut_records] == ([] if shortcut == "A" else [

@@ -3,17 +3,19 @@
 A 1×1 convolution is a weighted pooling along the depth (channel) axis: it mixes channels at
 each position with no spatial extent. A bottleneck block uses one to shrink ``4·w`` channels to
 ``w``, does the spatial 3×3 work at the narrow width, and expands back with another, which costs
-``4w·w + 9w·w + w·4w = 17w²`` weights per position instead of the ``2·9·(4w)² = 288w²`` of two
+``4w·w + 9w·w + w·4w = 17w²`` weights per block instead of the ``2·9·(4w)² = 288w²`` of two
 3×3 convs at full width. ``docs/models.md`` tabulates the parameter and FLOP savings.
 
 The same network, with a grouped 3×3 conv and wider bottlenecks, is ResNeXt
 (``cnn_jax.models.resnext``): ``BottleneckResNet`` takes ``cardinality`` (groups of the 3×3)
-and ``bottleneck_width`` (channels per group) so one definition serves both families.
-Stage ``i`` (0, 1, 2) has ``cardinality · bottleneck_width · 2^i`` inner channels and
-``4 · stem_features · 2^i`` output channels: He et al.'s CIFAR bottleneck ResNets have
-cardinality 1 and ``bottleneck_width = stem_features = 16`` (outputs 64/128/256); Xie et al.'s
-ResNeXt-29 8×64d has cardinality 8, bottleneck width 64 and a 64-filter stem (outputs
-256/512/1024).
+and ``bottleneck_width`` so one definition serves both families. Stage ``i`` (0, 1, 2) has
+``4 · stem_features · 2^i`` output channels and ``inner · 2^i`` bottleneck channels, where
+``inner`` is ``bottleneck_width`` for ``model="bottleneck"`` (He et al.: the whole bottleneck,
+split into ``cardinality`` groups) and ``cardinality · bottleneck_width`` for
+``model="resnext"`` (Xie et al.'s C×d: ``d`` channels per group). He et al.'s CIFAR
+bottleneck ResNets have cardinality 1 and ``bottleneck_width = stem_features = 16`` (outputs
+64/128/256); Xie et al.'s ResNeXt-29 8×64d has cardinality 8, d = 64 and a 64-filter stem
+(outputs 256/512/1024).
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ class BottleneckResNet(nn.Module):
     num_classes: classifier outputs.
     depth: 9n+2 (n blocks per stage, three stages).
     stem_features: filters of the 3×3 stem conv; stage outputs are 4×, 8×, 16× this.
-    bottleneck_width: inner channels per group in stage 1 (doubles every stage).
+    bottleneck_width: stage-1 bottleneck width: in total (``model="bottleneck"``) or per group
+      (``model="resnext"``); doubles every stage.
     cardinality: groups of the 3×3 convs.
     block_form: ``"grouped"`` (one grouped conv) or ``"split"`` (explicit
       split-transform-merge branches, ``resnext.SplitBlock``; same function, given the weights).

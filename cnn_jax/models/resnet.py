@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from cnn_jax import layers

@@ -1,9 +1,11 @@
 """What the residual families share: BatchNorm, shortcuts, and stages of repeated blocks.
 
 A stage is one (possibly downsampling) first block followed by ``count - 1`` identical blocks.
-The identical blocks are run by ``nn.scan`` when ``scan`` is on: XLA then compiles one block
-body per stage instead of ``count - 1`` copies, so compile time stays nearly flat with depth
-(ResNet-110 vs ResNet-20, see docs/benchmarks.md). Scanned parameters are stacked along a
+When ``scan`` is on and there are at least ``MIN_SCANNED_BLOCKS`` of them, they run under
+``nn.scan``: XLA then compiles one block body per stage instead of ``count - 1`` copies, so
+compile time stays nearly flat with depth (docs/benchmarks.md). A scanned body (and its
+transposed loop in the backward pass) costs more to compile than two plain copies, so short
+stages (ResNet-20's 2 repeated blocks) stay unrolled. Scanned parameters are stacked along a
 leading axis under ``blocks/block``; with ``scan=False`` the same blocks are unrolled and named
 ``block1 … block{count-1}``, which is what the layer trace uses
 (``cnn_jax.analysis.counting.trace_layers`` builds the unscanned twin).
@@ -23,6 +25,10 @@ ModuleDef = Any
 
 SHORTCUTS = ("A", "B")
 DOWNSAMPLES = ("conv", "pool")
+# Measured (bench/compile_time.py): with 2 repeated blocks per stage (ResNet-20) a scanned train
+# step compiles in ~11 s of CPU, an unrolled one in ~6 s; with 8 (ResNet-56) scanning wins
+# (11 s vs 14 s). Where in 3..7 they cross was not measured; 3 keeps ResNet-20 unrolled.
+MIN_SCANNED_BLOCKS = 3
 
 
 def batch_norm(train: bool, dtype, *, name: str, zero_scale: bool = False) -> nn.BatchNorm:
@@ -87,7 +93,8 @@ class Stage(nn.Module):
     downsample: ``"conv"`` (the first block's conv is strided) or ``"pool"`` (a ``pool``-kind
       pooling of window = stride before the first block, which then has stride 1).
     pool: pooling kind for ``downsample="pool"``.
-    scan: run blocks 1..count-1 with ``nn.scan`` (one compiled body) instead of unrolled.
+    scan: run blocks 1..count-1 with ``nn.scan`` (one compiled body) instead of unrolled, when
+      there are at least ``MIN_SCANNED_BLOCKS`` of them.
   """
   block: ModuleDef
   count: int
@@ -106,7 +113,7 @@ class Stage(nn.Module):
       strides = 1
     x = self.block(strides=strides, name="block0")(x, train)
     rest = self.count - 1
-    if self.scan and rest > 1:
+    if self.scan and rest >= MIN_SCANNED_BLOCKS:
       scanned = nn.scan(_ScanBody, variable_axes={"params": 0, "batch_stats": 0},
                         split_rngs={"params": True}, in_axes=nn.broadcast, length=rest)
       x, _ = scanned(self.block, name="blocks")(x, train)
