@@ -105,7 +105,7 @@ class BottleneckResNet(nn.Module):
   dtype: str = "float32"
   block_form: str = "grouped"
   model: str = "bottleneck"
-  scan_blocks: bool = True
+  scan_blocks: bool = False
 
   @property
   def width(self) -> int:
@@ -158,6 +158,7 @@ def from_config(config) -> BottleneckResNet:
   return BottleneckResNet(
       num_classes=config.num_classes, depth=config.depth, stem_features=config.width,
       bottleneck_width=config.width, cardinality=config.cardinality, shortcut=config.shortcut,
-      zero_init_residual=config.zero_init_residual, stride=config.stride,
+      zero_init_residual=config.zero_init_residual,
+      scan_blocks=config.get("scan_blocks", False), stride=config.stride,
       first_stride=config.first_stride, downsample=config.downsample, pool=config.pool,
       grad=config.grad, dtype=config.dtype, model="bottleneck")

@@ -90,7 +90,7 @@ class ResNet(nn.Module):
   pool: str = "max"
   grad: str = "autodiff"
   dtype: str = "float32"
-  scan_blocks: bool = True
+  scan_blocks: bool = False
 
   @property
   def model_name(self) -> str:
@@ -149,6 +149,7 @@ def from_config(config, *, residual: bool) -> ResNet:
   """The ``resnet`` (``residual=True``) or ``plain`` network a config describes."""
   return ResNet(num_classes=config.num_classes, depth=config.depth, width=config.width,
                 residual=residual, shortcut=config.shortcut, cardinality=config.cardinality,
-                zero_init_residual=config.zero_init_residual, stride=config.stride,
+                zero_init_residual=config.zero_init_residual,
+      scan_blocks=config.get("scan_blocks", False), stride=config.stride,
                 first_stride=config.first_stride, downsample=config.downsample,
                 pool=config.pool, grad=config.grad, dtype=config.dtype)

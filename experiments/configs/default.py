@@ -19,6 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.stem_width = 64           # resnext stem filters (stage outputs 4x, 8x, 16x; Xie: 64)
   config.shortcut = "A"            # A: identity + zero-padded channels; B: 1x1 projection
   config.zero_init_residual = False
+  config.scan_blocks = False       # nn.scan over repeated blocks: flat compile time, but a
+                                   # 16x slower train step on XLA CPU (docs/benchmarks.md)
   config.stride = 2                # stride of each downsampling stage
   config.first_stride = 1          # stride of the first conv
   config.downsample = "conv"       # conv (strided conv) | pool
