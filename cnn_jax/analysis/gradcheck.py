@@ -417,6 +417,10 @@ def run_grid(name: str = "quick", seed: int = 0, *, cases: Sequence[Case] | None
   for case in cases:
     row = check_case(case, rng)
     rows.append(row)
+    # Every case compiles new programs; kept forever, a full grid's hundreds of executables
+    # made LLVM fail with "Cannot allocate memory" (at row 473). Drop them now and then.
+    if len(rows) % 25 == 0:
+      jax.clear_caches()
     if progress is not None:
       progress(row)
   return rows
