@@ -238,10 +238,7 @@ def test_training_with_hand_and_autodiff_gives_the_same_params(rng):
   trained = {}
   for name, namespace in (("hand", hand), ("autodiff", ops)):
     p = params
-    grad_fn = jax.grad(functools.partial(loss, namespace))
-    # ops.max_pool has no reverse-mode derivative under jit (docs/gradients.md): autodiff
-    # runs op-by-op; the hand version is jit-compiled.
-    grad_fn = jax.jit(grad_fn) if namespace is hand else grad_fn
+    grad_fn = jax.jit(jax.grad(functools.partial(loss, namespace)))
     for _ in range(4):
       p = jax.tree.map(lambda v, dv: v - 0.5 * dv, p, grad_fn(p))
     trained[name] = p

@@ -324,19 +324,12 @@ def _all_checks(case: Case, args, g, directions, u):
           _second_order(case, "hand", args, g, u), _second_order(case, "autodiff", args, g, u))
 
 
-def _is_jit_linearization_failure(error: Exception) -> bool:
-  # ops.max_pool / ops.avg_pool build lax.reduce_window with a jnp init value, which jit turns
-  # into a tracer; JAX then cannot differentiate the generic reduce_window (op-by-op it can).
-  return isinstance(error, ValueError) and "Linearization failed" in str(error)
-
-
 def check_case(case: Case, rng: np.random.Generator) -> dict:
   """Runs the three checks on one case with fresh inputs; returns its table row.
 
   Everything runs as one jit-compiled program per case: op-by-op dispatch of the nested VJPs
-  is several times slower on a small CPU. Where the autodiff op cannot be differentiated under
-  jit (see ``_is_jit_linearization_failure``), its reference is computed op-by-op and the row's
-  note says so.
+  is several times slower on a small CPU. If the joint program fails, the checks run one by
+  one and the row's note says why.
   """
   notes = []
   with jax.enable_x64(True):
@@ -351,10 +344,7 @@ def check_case(case: Case, rng: np.random.Generator) -> dict:
       first_hand, first_auto, fd, second_hand, second_auto = jax.jit(
           _all_checks, static_argnums=0)(case, args, g, directions, u)
     except Exception as error:  # pylint: disable=broad-except
-      if not _is_jit_linearization_failure(error):
-        notes.append(f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
-      else:
-        notes.append("autodiff reference run op-by-op (not differentiable under jit)")
+      notes.append(f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
       # Step by step, so that a failure of the second order still reports the first.
       first_hand = jax.jit(_vjp, static_argnums=(0, 1))(case, "hand", args, g)
       first_auto = _vjp(case, "autodiff", args, g)
