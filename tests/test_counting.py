@@ -1,6 +1,5 @@
 """Layer accounting: trace records, MACs and parameters by hand, totals, table."""
 
-import importlib.util
 import json
 
 import flax.linen as nn
@@ -66,7 +65,7 @@ def test_trace_runs_no_computation():
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])
 def test_resnet_trace_lists_every_block_even_when_scanned(shortcut):
-  model = resnet.ResNet(num_classes=10, depth=26, width=4, shortcut=shortcut)
+  model = resnet.ResNet(num_classes=10, depth=26, width=4, shortcut=shortcut, scan_blocks=True)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
   assert "blocks" in shapes["params"]["stage1"]  # scanned; the trace unrolls it by itself
   records = counting.trace_layers(model, (1, 16, 16, 3))
@@ -135,13 +134,16 @@ def test_count_params_can_leave_out_batchnorm():
       counting.count_params(model, (1, 8, 8, 3)) - norm)
 
 
-def test_receptive_field_column_is_absent_until_the_module_exists():
-  summary = counting.summarize(mlp.MLP(num_classes=3, depth=2, hidden=4), (1, 4, 4, 1))
-  if importlib.util.find_spec("cnn_jax.analysis.receptive_field") is None:
-    assert summary["receptive_field"] is None
-    assert all("receptive_field" not in row for row in summary["layers"])
-  else:
-    assert summary["receptive_field"] is not None
+def test_receptive_field_column_only_where_there_is_a_field():
+  dense = counting.summarize(mlp.MLP(num_classes=3, depth=2, hidden=4), (1, 4, 4, 1))
+  assert dense["receptive_field"] is None  # no spatial layer, no field
+  assert all("receptive_field" not in row for row in dense["layers"])
+  cnn = counting.summarize(resnet.ResNet(num_classes=3, depth=8, width=4), (1, 16, 16, 1))
+  fields = {row["name"]: row.get("receptive_field") for row in cnn["layers"]}
+  assert fields["conv1"] == [3, 3]                 # one 3x3 conv
+  assert fields["stage1/block0/conv1"] == [5, 5]   # two
+  assert fields["classifier"] is None              # dense layers have no column
+  assert cnn["receptive_field"] == fields["stage3/block0/conv2"]
 
 
 def test_summary_experiment_prints_and_writes_summary_json(tmp_path, capsys):
