@@ -1,4 +1,4 @@
-"""Which formulation of a 3x3 conv's forward, input gradient and weight gradient is fastest on XLA CPU.
+"""Which formulation of a 3x3 conv's forward and gradients is fastest on XLA CPU.
 
   python -m bench.conv_backward [--batch=128] [--layers=s1,s2,s3,strided] [--repeats=5]
       [--json]
@@ -10,7 +10,8 @@ formulation per round, ``repeats`` rounds) so that load from other processes is 
 prints the median milliseconds and GFLOP/s (``2 N Ho Wo 9 C_in C_out`` per pass). Every
 formulation's result is checked against XLA's autodiff before it is timed.
 
-Formulations (``x``: ``(N, H, W, C)``, ``w``: ``(3, 3, C, O)``, cotangent ``g``: ``(N, Ho, Wo, O)``):
+Formulations (``x``: ``(N, H, W, C)``, ``w``: ``(3, 3, C, O)``, cotangent ``g``:
+``(N, Ho, Wo, O)``):
   forward
     fwd/xla          lax.conv_general_dilated, NHWC/HWIO
     fwd/nchw         the same conv on NCHW/OIHW arrays (layout only; transposes not timed)
@@ -99,9 +100,10 @@ def formulations(stride: int):
     total = None
     for t in range(9):
       i, j = divmod(t, 3)
-      tap = lax.pad(dp[:, :, :, t, :], jnp.zeros((), dp.dtype), (
-          (0, 0, 0), (i, hp - i - (ho - 1) * stride - 1, stride - 1),
-          (j, wp - j - (wo - 1) * stride - 1, stride - 1), (0, 0, 0)))
+      rows = (i, hp - i - (ho - 1) * stride - 1, stride - 1)  # (lo, hi, interior)
+      cols = (j, wp - j - (wo - 1) * stride - 1, stride - 1)
+      tap = lax.pad(dp[:, :, :, t, :], jnp.zeros((), dp.dtype),
+                    ((0, 0, 0), rows, cols, (0, 0, 0)))
       total = tap if total is None else total + tap
     return total[:, 1:1 + h, 1:1 + wd, :]
 

@@ -28,11 +28,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnn_jax import ops
 from cnn_jax.ops import correlation
 
 _LETTERS = {1: "W", 2: "HW", 3: "DHW"}
-WEIGHT_GRAD_METHODS = ("conv", "taps")
+WEIGHT_GRAD_METHODS = ("auto", "conv", "taps")
+# "auto" picks "taps" up to this many input channels per group. Measured on the 2-core CPU
+# (docs/benchmarks.md): taps beat XLA's conv by 1.2-1.6x on the 16-channel layers (32x32
+# 16->16 and the strided 16->32) and lost by 1.3-2x on 32->32 and 64->64.
+TAPS_MAX_CHANNELS = 16
 
 
 def _dimension_numbers(num_dims: int, lhs: str, rhs: str, out: str):
@@ -127,7 +130,8 @@ def weight_grad(x, g, kernel_shape, *, stride, pads, dilation, groups=1, method=
     g: cotangent ``(N, *out_spatial, O)``.
     kernel_shape: ``w.shape``, ``(*kernel, C // groups, O)``.
     stride, pads, dilation, groups: as in ``forward``.
-    method: ``"conv"`` or ``"taps"``.
+    method: ``"conv"``, ``"taps"``, or ``"auto"`` (taps for at most ``TAPS_MAX_CHANNELS``
+      input channels per group, else conv).
 
   Returns:
     ``dL/dw``, shape ``kernel_shape``.
@@ -140,6 +144,8 @@ def weight_grad(x, g, kernel_shape, *, stride, pads, dilation, groups=1, method=
                      f"{', '.join(WEIGHT_GRAD_METHODS)}.")
   num_dims = x.ndim - 2
   kernel = tuple(kernel_shape[:num_dims])
+  if method == "auto":
+    method = "taps" if kernel_shape[-2] <= TAPS_MAX_CHANNELS else "conv"
   if method == "conv":
     out = lax.conv_general_dilated(
         x, g, window_strides=dilation, padding=pads, rhs_dilation=stride,
@@ -180,13 +186,13 @@ def _correlate_bwd(stride, pads, dilation, groups, method, residuals, g):
 _correlate.defvjp(_correlate_fwd, _correlate_bwd)
 
 
-def correlate(x, w, *, stride=1, padding="VALID", dilation=1, groups=1, weight_method="conv"):
+def correlate(x, w, *, stride=1, padding="VALID", dilation=1, groups=1, weight_method="auto"):
   """``cnn_jax.ops.correlate`` with the hand-written backward pass above.
 
   Same arguments, shapes, result and ``ValueError``s as ``ops.correlate`` (checked before
-  tracing), plus ``weight_method`` (``"conv"`` or ``"taps"``, see ``weight_grad``). CIRCULAR
-  padding wraps the input first (autodiff carries the gradient through the wrap) and then
-  correlates without padding.
+  tracing), plus ``weight_method`` (``"auto"``, ``"conv"`` or ``"taps"``, see
+  ``weight_grad``). CIRCULAR padding wraps the input first (autodiff carries the gradient
+  through the wrap) and then correlates without padding.
   """
   if weight_method not in WEIGHT_GRAD_METHODS:
     raise ValueError(f"weight_method={weight_method!r} is not allowed: give one of "
@@ -199,5 +205,3 @@ def correlate(x, w, *, stride=1, padding="VALID", dilation=1, groups=1, weight_m
     pads = ((0, 0),) * num_dims
   return _correlate(x, w, spec.stride, pads, spec.dilation, groups, weight_method)
 
-
-__all__ = ["forward", "input_grad", "weight_grad", "correlate", "WEIGHT_GRAD_METHODS", "ops"]

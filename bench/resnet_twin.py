@@ -101,17 +101,33 @@ class TwinBlock(nn.Module):
     return nn.relu(y + shortcut)
 
 
+class _ScanBody(nn.Module):
+  """One shape-preserving block in the ``(carry, output)`` form ``nn.scan`` needs."""
+  features: int
+  correlate: Callable[..., jax.Array]
+  train: bool
+
+  @nn.compact
+  def __call__(self, x, _):
+    return TwinBlock(self.features, 1, self.correlate, name="block")(x, self.train), None
+
+
 class TwinResNet(nn.Module):
   """CIFAR ResNet of depth ``6 n + 2`` (see the module docstring).
 
   Called as ``apply(variables, x, train=bool, mutable=["batch_stats"])`` with x ``(N, H, W, C)``;
   returns logits ``(N, num_classes)``.
+
+  ``scan=True`` runs the ``n - 1`` identical blocks after each stage's first as one
+  ``nn.scan`` (parameters stacked on a leading axis): the same function, but XLA compiles one
+  block body per stage instead of ``n - 1`` copies, so compile time stops growing with depth.
   """
   depth: int = 20
   num_classes: int = 10
   width: int = 16
   correlate: Callable[..., jax.Array] = ops.correlate
   dtype: Any = jnp.float32
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -120,9 +136,19 @@ class TwinResNet(nn.Module):
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              name="bn_stem")(x))
     for stage in range(3):
+      features = self.width * 2 ** stage
+      if self.scan:
+        x = TwinBlock(features, 2 if stage > 0 else 1, self.correlate,
+                      name=f"stage{stage + 1}_block1")(x, train)
+        if n > 1:
+          stage_scan = nn.scan(_ScanBody, variable_axes={"params": 0, "batch_stats": 0},
+                               split_rngs={"params": True}, length=n - 1)
+          x, _ = stage_scan(features, self.correlate, train, name=f"stage{stage + 1}_rest")(
+              x, None)
+        continue
       for block in range(n):
         stride = 2 if (stage > 0 and block == 0) else 1
-        x = TwinBlock(self.width * 2 ** stage, stride, self.correlate,
+        x = TwinBlock(features, stride, self.correlate,
                       name=f"stage{stage + 1}_block{block + 1}")(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="classifier")(x)

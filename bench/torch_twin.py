@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 
-INSTALL_HINT = "PyTorch is not installed: run `pip install torch==2.13.0` (the CPU wheel) to compare."
+INSTALL_HINT = ("PyTorch is not installed: run `pip install torch==2.13.0` (the CPU wheel) "
+                "to compare.")
 
 
 def import_torch():

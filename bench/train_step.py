@@ -1,8 +1,8 @@
 """Training-step throughput of a CIFAR ResNet in JAX, optionally side by side with PyTorch.
 
   python -m bench.train_step --model=resnet --depth=20 --batch=128 [--json] \
-      [--compare=torch] [--steps=N] [--repeats=R] [--grad=autodiff|hand] [--devices=D] \
-      [--matmul]
+      [--compare=torch] [--torch_threads=T,...] [--steps=N] [--repeats=R]
+      [--grad=autodiff,hand,...] [--devices=D,...] [--scan] [--compile_only] [--matmul]
 
 prints images/s, achieved GFLOP/s (``3 x forward FLOPs x images/s``: the backward pass of a
 conv costs two forward-sized products, one per operand) and the jit compile time of the step.
@@ -19,11 +19,15 @@ GFLOP/s as a fraction of it.
 The model is ``cnn_jax.models.build(config)`` (the project's model) when that package is
 importable, else the bench's own twin ``bench.resnet_twin.TwinResNet`` (same architecture as
 the torch twin); ``--impl`` forces one. ``--grad=hand`` swaps the twin's correlation for
-``bench.fast_conv.correlate`` (hand-written VJP) or sets ``config.grad="hand"`` for the
-project model. ``--devices=D`` splits the batch over ``D`` fake CPU devices
+``bench.fast_conv.correlate`` (hand-written VJP, ``weight_method="auto"``; ``hand-conv`` and
+``hand-taps`` force one weight-gradient formulation) or sets ``config.grad="hand"`` for the
+project model. ``--devices=D``
+splits the batch over ``D`` fake CPU devices
 (``--xla_force_host_platform_device_count``) with a ``NamedSharding`` on a "data" mesh axis
 (parameters replicated; batch-norm statistics are then computed over the whole batch by an
-all-reduce, the same function as on one device).
+all-reduce, the same function as on one device). ``--grad`` and ``--devices`` take
+comma-separated lists; every combination is compiled and timed, alternating, in one process
+(so ``--devices=1,2`` compares one device with two fake ones under the same load).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ import time
 import numpy as np
 
 
+GRADS = ("autodiff", "hand", "hand-conv", "hand-taps")
+
+
 def _parse(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="resnet", help="only 'resnet' (CIFAR ResNet 6n+2)")
@@ -47,9 +54,18 @@ def _parse(argv):
   parser.add_argument("--steps", type=int, default=5, help="timed steps per repetition")
   parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions")
   parser.add_argument("--compare", default="", help="'torch' to time the PyTorch twin too")
-  parser.add_argument("--grad", default="autodiff", choices=("autodiff", "hand"))
+  parser.add_argument("--grad", default="autodiff",
+                      help="comma-separated: autodiff, hand (fast_conv, weight_method=auto), "
+                      "hand-conv, hand-taps (fast_conv with that weight_method)")
   parser.add_argument("--impl", default="auto", choices=("auto", "project", "twin"))
-  parser.add_argument("--devices", type=int, default=1, help="fake CPU devices to split over")
+  parser.add_argument("--devices", default="1",
+                      help="comma-separated numbers of fake CPU devices to split the batch over")
+  parser.add_argument("--torch_threads", default="",
+                      help="comma-separated torch thread counts (default: the machine's cores)")
+  parser.add_argument("--scan", action="store_true",
+                      help="twin only: nn.scan over each stage's identical blocks")
+  parser.add_argument("--compile_only", action="store_true",
+                      help="only compile the JAX step(s) and print the compile time")
   parser.add_argument("--matmul", action="store_true", help="measure matmul GFLOP/s too")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
@@ -57,21 +73,41 @@ def _parse(argv):
     parser.error(f"--model={args.model!r} is not allowed: only 'resnet' is benchmarked")
   if args.compare not in ("", "torch"):
     parser.error(f"--compare={args.compare!r} is not allowed: give 'torch' or leave it out")
-  for name in ("batch", "steps", "repeats", "devices", "image_size"):
+  for name in ("batch", "steps", "repeats", "image_size"):
     if getattr(args, name) < 1:
       parser.error(f"--{name}={getattr(args, name)} is not allowed: give an int >= 1")
-  if args.batch % args.devices:
-    parser.error(f"--batch={args.batch} must be divisible by --devices={args.devices}")
-  from bench.resnet_twin import stage_blocks  # pylint: disable=g-import-not-at-top
   try:
-    stage_blocks(args.depth)
-  except ValueError as error:
-    parser.error(str(error))
+    args.torch_threads_list = ([int(t) for t in args.torch_threads.split(",")]
+                               if args.torch_threads else [os.cpu_count() or 1])
+  except ValueError:
+    parser.error(f"--torch_threads={args.torch_threads!r} is not allowed: give ints >= 1")
+  if min(args.torch_threads_list) < 1:
+    parser.error(f"--torch_threads={args.torch_threads!r} is not allowed: give ints >= 1")
+  args.grad_list = args.grad.split(",")
+  for grad in args.grad_list:
+    if grad not in GRADS:
+      parser.error(f"--grad: {grad!r} is not allowed: give some of {', '.join(GRADS)}")
+  try:
+    args.devices_list = [int(d) for d in args.devices.split(",")]
+  except ValueError:
+    parser.error(f"--devices={args.devices!r} is not allowed: give comma-separated ints >= 1")
+  for devices in args.devices_list:
+    if devices < 1 or args.batch % devices:
+      parser.error(f"--devices: {devices} is not allowed: give ints >= 1 dividing "
+                   f"--batch={args.batch}")
+  # Checked here without importing bench.resnet_twin: jax must not be imported before
+  # --devices has set XLA_FLAGS.
+  if args.depth < 8 or (args.depth - 2) % 6:
+    parser.error(f"--depth={args.depth} is not allowed: a CIFAR ResNet has depth 6n+2 "
+                 "(8, 14, 20, 32, 44, 56, 110, ...)")
   return args
 
 
-def build_model(args):
-  """The project model if importable (or asked for), else the bench twin; returns (model, name)."""
+def build_model(args, grad):
+  """The project model if importable (or asked for), else the bench twin; returns (model, name).
+
+  ``grad`` is one of ``GRADS``; the "hand-*" variants differ only for the twin.
+  """
   if args.impl in ("auto", "project"):
     try:
       from cnn_jax import models  # pylint: disable=g-import-not-at-top
@@ -81,21 +117,26 @@ def build_model(args):
         raise
     else:
       config = default.get_config()
-      config.model, config.depth, config.grad = "resnet", args.depth, args.grad
+      config.model, config.depth = "resnet", args.depth
+      config.grad = "hand" if grad.startswith("hand") else "autodiff"
       config.shortcut, config.image_size = "A", args.image_size
       with config.unlocked():
         config.num_classes = 10
       return models.build(config), "cnn_jax.models"
   from bench import resnet_twin  # pylint: disable=g-import-not-at-top
   correlate = resnet_twin.ops.correlate
-  if args.grad == "hand":
+  if grad.startswith("hand"):
+    import functools  # pylint: disable=g-import-not-at-top
     from bench import fast_conv  # pylint: disable=g-import-not-at-top
-    correlate = fast_conv.correlate
-  return resnet_twin.TwinResNet(depth=args.depth, correlate=correlate), "bench.resnet_twin"
+    correlate = functools.partial(fast_conv.correlate,
+                                  weight_method={"hand": "auto", "hand-conv": "conv",
+                                                 "hand-taps": "taps"}[grad])
+  return (resnet_twin.TwinResNet(depth=args.depth, correlate=correlate, scan=args.scan),
+          "bench.resnet_twin" + (" (scan)" if args.scan else ""))
 
 
 def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum=0.9,
-                     weight_decay=1e-4):
+                     weight_decay=1e-4, run_once=True):
   """Compiles a donated SGD-momentum train step; returns ``(step, compile_seconds)``.
 
   ``step()`` runs one step and returns the loss (a device array, not waited for).
@@ -128,7 +169,10 @@ def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum
     params = jax.tree.map(lambda p, v: p - lr * v, params, velocity)
     return (params, batch_stats, velocity), loss
 
-  mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices])
+  # Auto (GSPMD) axes: with jax 0.10's default Explicit axes, a conv that contracts the
+  # sharded batch (the weight gradient written by hand) must be given an out_sharding.
+  mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices],
+                       axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, PartitionSpec())
   sharded = NamedSharding(mesh, PartitionSpec("data"))
   state = jax.device_put(state, replicated)
@@ -144,7 +188,8 @@ def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum
     holder["state"], loss = compiled(holder["state"], x, y)
     return loss
 
-  step().block_until_ready()  # first run: allocations, thread pools
+  if run_once:
+    step().block_until_ready()  # first run: allocations, thread pools
   return step, compile_seconds
 
 
@@ -156,48 +201,93 @@ def _time_steps(step, steps, wait):
   return (time.perf_counter() - start) / steps
 
 
+def _variants(args):
+  """(grad, devices) pairs to time, from the comma-separated ``--grad`` and ``--devices``."""
+  return [(g, d) for d in args.devices_list for g in args.grad_list]
+
+
 def run(args) -> dict:
-  """Runs the benchmark described by parsed ``args``; returns the result dict."""
-  if args.devices > 1:
-    # Must happen before jax is imported anywhere in this process.
+  """Runs the benchmark described by parsed ``args``; returns the result dict.
+
+  Every (grad, devices) variant and the torch twin are timed in alternating repetitions; the
+  first variant's figures are also the top-level ``images_per_s``, ``gflops``, ``compile_s``.
+  """
+  max_devices = max(args.devices_list)
+  if max_devices > 1:
+    # Must happen before jax is imported anywhere in this process. The collective timeout is
+    # raised because on a loaded 2-core machine one fake device's thread can be descheduled
+    # long enough for XLA's default to abort with "Termination timeout for all reduce".
     if "jax" in sys.modules:
       raise RuntimeError("--devices > 1 needs XLA_FLAGS set before jax is imported")
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={args.devices}")
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") +
+        f" --xla_force_host_platform_device_count={max_devices}"
+        " --xla_cpu_collective_call_terminate_timeout_seconds=600")
   import jax  # pylint: disable=g-import-not-at-top
   from bench.resnet_twin import resnet_forward_flops  # pylint: disable=g-import-not-at-top
 
-  model, impl = build_model(args)
-  jax_step, compile_seconds = make_jax_trainer(model, args.batch, args.image_size, args.devices)
-  runners = {"jax": (jax_step, lambda out: out.block_until_ready())}
+  runners, compile_seconds, impl = {}, {}, None
+  for grad, devices in _variants(args):
+    label = f"jax_{grad}_{devices}dev"
+    model, impl = build_model(args, grad)
+    step, compile_seconds[label] = make_jax_trainer(model, args.batch, args.image_size, devices,
+                                                    run_once=not args.compile_only)
+    runners[label] = (step, lambda out: out.block_until_ready())
+  if args.compile_only:
+    return {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,
+            "compile_s": compile_seconds[next(iter(compile_seconds))],
+            "variants": {k: {"compile_s": v} for k, v in compile_seconds.items()},
+            "load_avg": os.getloadavg()[0]}
   if args.compare == "torch":
     from bench import torch_twin  # pylint: disable=g-import-not-at-top
-    torch_step = torch_twin.make_trainer(args.depth, args.batch, args.image_size,
-                                         threads=os.cpu_count())
-    torch_step()  # warm-up
-    runners["torch"] = (torch_step, lambda out: None)
+    for threads in args.torch_threads_list:
+      # Each torch trainer sets the process-wide thread count; set it again before each step.
+      torch_step = torch_twin.make_trainer(args.depth, args.batch, args.image_size,
+                                           threads=threads)
+      torch_step()  # warm-up
+
+      def step_with_threads(step=torch_step, threads=threads):
+        torch_twin.import_torch().set_num_threads(threads)
+        return step()
+
+      name = "torch" if len(args.torch_threads_list) == 1 else f"torch_{threads}threads"
+      runners[name] = (step_with_threads, lambda out: None)
   seconds = {name: [] for name in runners}
   for _ in range(args.repeats):
     for name, (step, wait) in runners.items():
       seconds[name].append(_time_steps(step, args.steps, wait))
   flops = resnet_forward_flops(args.depth, args.image_size)
-  result = {"model": f"resnet{args.depth}", "impl": impl, "grad": args.grad,
-            "batch": args.batch, "devices": args.devices, "jax_devices": len(jax.devices()),
-            "compile_s": compile_seconds, "forward_mflops_per_image": flops / 1e6}
+  variants = {}
   for name, times in seconds.items():
-    prefix = "" if name == "jax" else f"{name}_"
-    result[f"{prefix}images_per_s"] = args.batch / statistics.median(times)
-    result[f"{prefix}images_per_s_best"] = args.batch / min(times)
-    result[f"{prefix}gflops"] = 3 * flops * result[f"{prefix}images_per_s"] / 1e9
-  if "torch" in seconds:
+    variants[name] = {
+        "images_per_s": args.batch / statistics.median(times),
+        "images_per_s_best": args.batch / min(times),
+        "gflops": 3 * flops * args.batch / statistics.median(times) / 1e9,
+    }
+    if name in compile_seconds:
+      variants[name]["compile_s"] = compile_seconds[name]
+  first = next(iter(compile_seconds))
+  result = {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,
+            "jax_devices": len(jax.devices()), "forward_mflops_per_image": flops / 1e6,
+            "images_per_s": variants[first]["images_per_s"],
+            "gflops": variants[first]["gflops"], "compile_s": compile_seconds[first],
+            "variants": variants}
+  torch_names = [name for name in variants if name.startswith("torch")]
+  if torch_names:
+    # The reference is the first torch entry: the machine's cores unless --torch_threads says.
+    result["torch_images_per_s"] = variants[torch_names[0]]["images_per_s"]
     result["jax_over_torch"] = result["images_per_s"] / result["torch_images_per_s"]
+    for variant in variants.values():
+      variant["over_torch"] = variant["images_per_s"] / result["torch_images_per_s"]
   if args.matmul:
     from bench import matmul  # pylint: disable=g-import-not-at-top
     peak = matmul.measure(size=1024, repeats=5)
     result["matmul_gflops"] = peak["jax_gflops"]
     result["numpy_matmul_gflops"] = peak["numpy_gflops"]
-    result["fraction_of_matmul"] = result["gflops"] / max(peak["jax_gflops"],
-                                                          peak["numpy_gflops"])
+    best = max(peak["jax_gflops"], peak["numpy_gflops"])
+    for variant in variants.values():
+      variant["fraction_of_matmul"] = variant["gflops"] / best
+    result["fraction_of_matmul"] = result["gflops"] / best
   result["load_avg"] = os.getloadavg()[0]
   return result
 
@@ -214,19 +304,24 @@ def main(argv=None):
   if args.json:
     print(json.dumps(result))
     return
-  print(f"{result['model']} ({result['impl']}, grad={result['grad']}), batch {args.batch}, "
-        f"{args.devices} device(s), median of {args.repeats} x {args.steps} steps, "
+  print(f"{result['model']} ({result['impl']}), batch {args.batch}, median of "
+        f"{args.repeats} alternating repetitions x {args.steps} steps, "
         f"load avg {result['load_avg']:.2f}")
-  print(f"  JAX    {result['images_per_s']:8.1f} images/s  {result['gflops']:6.1f} GFLOP/s  "
-        f"compile {result['compile_s']:.2f} s")
-  if "torch_images_per_s" in result:
-    print(f"  torch  {result['torch_images_per_s']:8.1f} images/s  "
-          f"{result['torch_gflops']:6.1f} GFLOP/s")
-    print(f"  JAX / torch = {result['jax_over_torch']:.2f}")
+  for name, v in result["variants"].items():
+    if args.compile_only:
+      print(f"  {name:22s} compile {v['compile_s']:6.2f} s")
+      continue
+    line = f"  {name:22s} {v['images_per_s']:8.1f} images/s  {v['gflops']:6.1f} GFLOP/s"
+    if "compile_s" in v:
+      line += f"  compile {v['compile_s']:6.2f} s"
+    if "over_torch" in v and not name.startswith("torch"):
+      line += f"  x{v['over_torch']:.2f} torch"
+    if "fraction_of_matmul" in v:
+      line += f"  {100 * v['fraction_of_matmul']:.0f}% of matmul"
+    print(line)
   if "matmul_gflops" in result:
-    print(f"  matmul: JAX {result['matmul_gflops']:.1f}, NumPy {result['numpy_matmul_gflops']:.1f} "
-          f"GFLOP/s; train step = {100 * result['fraction_of_matmul']:.0f}% of the best")
-
+    print(f"  matmul 1024^2 in the same run: JAX {result['matmul_gflops']:.1f}, NumPy "
+          f"{result['numpy_matmul_gflops']:.1f} GFLOP/s")
 
 if __name__ == "__main__":
   main()

@@ -45,7 +45,8 @@ def _reference(x, w, args):
   return y, vjp
 
 
-@pytest.mark.parametrize("method", fast_conv.WEIGHT_GRAD_METHODS)
+# "auto" only chooses between these two (test_auto_method_picks_by_channels).
+@pytest.mark.parametrize("method", ("conv", "taps"))
 @pytest.mark.parametrize("spatial,kernel,stride,padding,dilation,groups", CASES)
 def test_custom_vjp_equals_autodiff_float64(rng, spatial, kernel, stride, padding, dilation,
                                             groups, method):
@@ -117,3 +118,16 @@ def test_bad_arguments_raise_before_tracing(rng):
   with pytest.raises(ValueError, match="method"):
     fast_conv.weight_grad(x, x, w.shape, stride=(1, 1), pads=((0, 0),) * 2,
                           dilation=(1, 1), method="fft")
+
+
+def test_auto_method_picks_by_channels(rng):
+  """weight_method="auto" gives the taps result up to TAPS_MAX_CHANNELS, else the conv one."""
+  args = dict(stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1))
+  for c_in in (fast_conv.TAPS_MAX_CHANNELS, fast_conv.TAPS_MAX_CHANNELS + 1):
+    x = jnp.asarray(rng.standard_normal((2, 5, 5, c_in)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((2, 5, 5, 3)), jnp.float32)
+    shape = (3, 3, c_in, 3)
+    want = "taps" if c_in <= fast_conv.TAPS_MAX_CHANNELS else "conv"
+    jaxpr = str(jax.make_jaxpr(
+        lambda x_, g_: fast_conv.weight_grad(x_, g_, shape, method="auto", **args))(x, g))
+    assert ("conv_general_dilated" in jaxpr) == (want == "conv"), (c_in, jaxpr[:200])
