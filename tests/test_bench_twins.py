@@ -1,0 +1,57 @@
+"""The bench's reference models: FLOP formula, scan variant and the optional torch twin agree."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bench import resnet_twin
+from cnn_jax import ops
+
+
+@pytest.mark.parametrize("depth,image_size", [(8, 8), (14, 12)])
+def test_forward_flops_match_traced_convs(rng, depth, image_size):
+  """resnet_forward_flops equals 2 x the MACs of every conv and the dense layer, as traced."""
+  macs = []
+
+  def counting_correlate(x, w, **kwargs):
+    y = ops.correlate(x, w, **kwargs)
+    macs.append(int(np.prod(y.shape[1:])) * int(np.prod(w.shape[:-1])))  # per image
+    return y
+
+  model = resnet_twin.TwinResNet(depth=depth, correlate=counting_correlate)
+  x = jnp.asarray(rng.standard_normal((1, image_size, image_size, 3)), jnp.float32)
+  jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  dense = 64 * 10
+  assert 2 * (sum(macs) + dense) == resnet_twin.resnet_forward_flops(depth, image_size)
+
+
+def test_resnet20_flops_is_the_quoted_figure():
+  # He et al.'s ResNet-20 is usually quoted at 40.6 M multiply-adds for 32x32x3.
+  assert resnet_twin.resnet_forward_flops(20) == 2 * 40_551_040
+
+
+def test_bad_depth_raises():
+  with pytest.raises(ValueError, match="depth=21"):
+    resnet_twin.stage_blocks(21)
+
+
+def test_scan_variant_has_same_parameter_count_and_output_shape(rng):
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
+  counts = []
+  for scan in (False, True):
+    model = resnet_twin.TwinResNet(depth=14, scan=scan)
+    variables = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), x, train=False))
+    counts.append(sum(int(np.prod(a.shape)) for a in jax.tree.leaves(variables["params"])))
+  assert counts[0] == counts[1]
+
+
+def test_torch_twin_has_same_parameter_count():
+  pytest.importorskip("torch")
+  from bench import torch_twin  # pylint: disable=g-import-not-at-top
+  x = jnp.zeros((1, 8, 8, 3), jnp.float32)
+  variables = jax.eval_shape(
+      lambda: resnet_twin.TwinResNet(depth=14).init(jax.random.key(0), x, train=False))
+  flax_count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(variables["params"]))
+  torch_count = sum(p.numel() for p in torch_twin.build_model(14).parameters())
+  assert flax_count == torch_count
