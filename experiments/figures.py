@@ -37,7 +37,7 @@ def _save(fig, path):
 def error_curves_by_family(runs, path: str) -> None:
   """He et al. Fig. 6: train (dashed) and test (solid) error against iterations per family."""
   families = sorted({r.config.model for r in runs})
-  fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4), sharey=True,
+  fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.4), sharey=True,
                            squeeze=False)
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for ax, family in zip(axes[0], families):
@@ -50,30 +50,38 @@ def error_curves_by_family(runs, path: str) -> None:
       steps, acc = series(r.metrics, EVAL_ACCURACY)
       if len(steps):
         ax.plot(steps, 100 * (1 - acc), "-", color=colour, label=f"{family}-{r.config.depth}")
-    ax.set_title(f"{family}: error against iterations (dashed: train, solid: test)")
+    ax.set_title(family)
     ax.set_xlabel("iteration (training step)")
     ax.grid(alpha=0.3)
     ax.legend()
   axes[0][0].set_ylabel("error (%)")
+  fig.suptitle("error against iterations (dashed: training, solid: test)")
   _save(fig, path)
 
 
+def _weight_layers(norms: dict) -> list[float]:
+  # Conv and dense kernels only: BatchNorm's scale/bias gradients are another scale and would
+  # zig-zag the curve between every pair of layers.
+  return [v for k, v in norms.items() if "bn" not in k.rsplit("/", 1)[-1]]
+
+
 def gradient_norms_by_layer(runs, path: str) -> None:
-  """Per-layer gradient L2 norm, at the first and at a middle logged step, log scale."""
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  """Per-layer gradient L2 norm at the first and a middle logged step, log scale."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
   for r in runs:
     logged = [row for row in r.grad_norms if row.get(GRAD_NORMS)]
     if not logged:
       continue
     for ax, row in zip(axes, (logged[0], logged[len(logged) // 2])):
-      norms = list(row[GRAD_NORMS].values())
+      norms = _weight_layers(row[GRAD_NORMS])
       ax.semilogy(np.arange(1, len(norms) + 1), norms, marker=".", label=f"{r.name}")
-      ax.set_title(f"gradient norm per layer at step {row['step']}")
+      ax.set_title(f"step {row['step']}")
   for ax in axes:
-    ax.set_xlabel("layer (input → output)")
+    ax.set_xlabel("weight layer (input → output)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
   axes[0].set_ylabel("‖∂L/∂W‖₂")
+  fig.suptitle("gradient norm per weight layer, early and mid-training")
   _save(fig, path)
 
 
