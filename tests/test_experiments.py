@@ -164,3 +164,17 @@ def test_kernels_study_draws_kernels_and_maps(tmp_path):
   assert len(summary["layers"]) == 2  # one feature-map grid per conv block
   pngs = set(os.listdir(os.path.join(workdir, "plots")))
   assert "kernels.png" in pngs and sum(p.startswith("feature_maps_") for p in pngs) == 2
+
+
+def test_plot_redraws_a_run_from_its_metrics_without_marking_it_finished(tmp_path):
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  rows = [{"step": s, "train_loss": 2.0 / s, "train_accuracy": 1 - 1.0 / s} for s in (1, 2, 3)]
+  (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)
+                                         + '{"step": 4, "train_lo')  # a torn last line
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  runner.run_one("plot", default.get_config(), str(run_dir))
+  assert (run_dir / "plots" / "curves.png").stat().st_size > 0
+  assert not (run_dir / "summary.json").exists()
+  with pytest.raises(ValueError, match="no metrics.jsonl"):
+    runner.run_one("plot", default.get_config(), str(tmp_path / "empty"))

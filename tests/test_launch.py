@@ -112,3 +112,16 @@ def test_a_config_that_cannot_train_fails_in_one_line_before_writing(tmp_path):
   lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith(("I", "W"))]
   assert len(lines) == 1 and "stride=2 shrinks the feature map" in lines[0]
   assert not workdir.exists()
+
+
+def test_parallel_sweep_runs_each_run_in_its_own_process(tmp_path):
+  workdir = tmp_path / "sweep"
+  result = _launch("--experiment=summary", "--sweep=depth=8,14", "--config.image_size=8",
+                   "--parallel=2", f"--workdir={workdir}", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  for depth in (8, 14):
+    run_dir = workdir / f"depth={depth}"
+    assert (run_dir / "launch.log").exists()  # written by the runner for each subprocess
+    assert json.loads((run_dir / "summary.json").read_text())["params"] > 0
+  rows = (workdir / "results.csv").read_text().splitlines()
+  assert rows[0].startswith("depth,") and len(rows) == 3
