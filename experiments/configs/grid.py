@@ -11,18 +11,14 @@ from experiments.configs import default
 
 
 def get_config(variant: str = "full"):
-  config = default.get_config()
+  config = default.small_study_recipe(default.get_config())
   config.models = "mlp,simple_cnn"
   config.depth = 2                 # mlp: 2 dense layers; simple_cnn/local: 2 conv-pool blocks
   config.downsample = "pool"
   config.dataset = "digits"
   config.image_size = 16
   config.num_steps = 400
-  config.optimizer = "adamw"
-  config.learning_rate = 1e-3
-  config.schedule = "constant"
   config.eval_every = 100
-  config.batch_size = 64
   config.permutation_seed = 1234
   if variant == "tiny":
     default.tiny(config)

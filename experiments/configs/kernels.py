@@ -7,17 +7,13 @@ from experiments.configs import default
 
 
 def get_config(variant: str = "full"):
-  config = default.get_config()
+  config = default.small_study_recipe(default.get_config())
   config.model = "simple_cnn"
   config.depth = 3
   config.width = 16
   config.downsample = "pool"
   config.dataset = "shapes10"
   config.image_size = 32
-  config.optimizer = "adamw"
-  config.learning_rate = 1e-3
-  config.schedule = "constant"
-  config.batch_size = 64
   config.num_steps = 600
   config.eval_every = 100
   config.example_index = 0

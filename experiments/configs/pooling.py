@@ -7,16 +7,12 @@ from experiments.configs import default
 
 
 def get_config(variant: str = "full"):
-  config = default.get_config()
+  config = default.small_study_recipe(default.get_config())
   config.model = "simple_cnn"
   config.depth = 2
   config.downsample = "pool"
   config.dataset = "digits"
   config.image_size = 16
-  config.optimizer = "adamw"
-  config.learning_rate = 1e-3
-  config.schedule = "constant"
-  config.batch_size = 64
   config.num_steps = 400
   config.eval_every = 100
   config.variants = "pool=max;pool=avg;pool=weighted;pool=l2"

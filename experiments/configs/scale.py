@@ -12,7 +12,7 @@ from experiments.configs import default
 
 
 def get_config(variant: str = "full"):
-  config = default.get_config()
+  config = default.small_study_recipe(default.get_config())
   config.sizes = "8,16,32,64,128,224"
   config.models = "mlp,local,simple_cnn"
   config.train_sizes = "50,100,200,500,1000"
@@ -21,12 +21,7 @@ def get_config(variant: str = "full"):
   config.dataset = "digits"
   config.image_size = 16
   config.num_steps = 300
-  config.optimizer = "adamw"
-  config.learning_rate = 1e-3
-  config.weight_decay = 1e-4
-  config.schedule = "constant"
   config.eval_every = 100
-  config.batch_size = 64
   if variant == "tiny":
     default.tiny(config)
     config.sizes = "8,16,32"

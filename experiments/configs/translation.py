@@ -10,16 +10,12 @@ from experiments.configs import default
 
 
 def get_config(variant: str = "full"):
-  config = default.get_config()
+  config = default.small_study_recipe(default.get_config())
   config.dataset = "translated"
   config.translated_split = "left_right"
   config.image_size = 16
   config.depth = 2
   config.downsample = "pool"
-  config.optimizer = "adamw"
-  config.learning_rate = 1e-3
-  config.schedule = "constant"
-  config.batch_size = 64
   config.num_steps = 600
   config.eval_every = 100
   config.variants = "model=mlp;model=simple_cnn,head=flatten;model=simple_cnn,head=global_avg"
