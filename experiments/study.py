@@ -100,7 +100,8 @@ def train_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]], w
 def parse_variants(text: str, config: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
   """Parses ``"field=v,field=v;field=v"`` into (name, overrides) pairs, typed by the config.
 
-  Each ``;``-separated item is one variant of the study; its name is the item itself.
+  Each ``;``-separated item is one variant of the study; its name (and run folder) is the
+  item itself, e.g. ``model=resnet,depth=20``, as a sweep names its runs.
   """
   variants = []
   for item in [v.strip() for v in str(text).split(";") if v.strip()]:
@@ -112,7 +113,7 @@ def parse_variants(text: str, config: ml_collections.ConfigDict) -> list[tuple[s
         raise ValueError(f"variants item {item!r}: {field!r} is not a config field "
                          "(write field=value,field=value;...).")
       overrides[field] = runner.parse_value(field, value.strip(), config[field])
-    variants.append((item.replace("=", "").replace(",", "_"), overrides))
+    variants.append((item.replace(" ", ""), overrides))  # named like a sweep's run
   if not variants:
     raise ValueError(f"variants={text!r} is empty: write field=value,...;field=value,...")
   return variants

@@ -142,8 +142,8 @@ def test_translation_study_evaluates_every_shift(tmp_path):
   workdir = str(tmp_path / "translation")
   summary = runner.run_one("translation", config, workdir)
   shifts = data.translated_geometry(config.image_size)["max_shift"] + 1
-  assert set(summary["curves"]) == {"modelmlp", "modelsimple_cnn_headflatten",
-                                    "modelsimple_cnn_headglobal_avg"}
+  assert set(summary["curves"]) == {"model=mlp", "model=simple_cnn,head=flatten",
+                                    "model=simple_cnn,head=global_avg"}
   assert all(len(curve) == shifts for curve in summary["curves"].values())
   assert os.path.exists(os.path.join(workdir, "plots", "accuracy_vs_shift.png"))
 
