@@ -15,7 +15,9 @@ def get_config(variant: str = "full"):
   config.models = "mlp,simple_cnn"
   config.depth = 2                 # mlp: 2 dense layers; simple_cnn/local: 2 conv-pool blocks
   config.downsample = "pool"
-  config.dataset = "digits"
+  # shapes10, not digits: on 8x8 digits upsampled to 16x16 even a CNN does as well on
+  # permuted pixels (measured: 0.975 -> 0.978), so the caveat only shows on richer images.
+  config.dataset = "shapes10"
   config.image_size = 16
   config.num_steps = 400
   config.eval_every = 100
