@@ -115,8 +115,7 @@ def main(argv):
   except runner.UsageError as e:
     fail(str(e))
   workdir = FLAGS.workdir or os.path.join("runs", name)
-  config_arg = FLAGS["config"].config_filename if hasattr(FLAGS["config"], "config_filename") \
-      else config_flags.get_config_filename(FLAGS["config"])
+  config_arg = config_flags.get_config_filename(FLAGS["config"])
   commands = [runner.command_for(name, config_arg, _user_config_overrides(sys.argv), r, workdir)
               for r in runs]
   try:

@@ -72,8 +72,9 @@ def run(config, workdir):
   model_names = study.parse_list(config.models, "models")
   named = [(f"{m}-n{t}", study.variant(config, model=m, train_size=t))
            for m in model_names for t in train_sizes]
-  study.check_runs(named)
-
+  # Training first: train_runs checks every run before the first starts, so a bad field
+  # fails before counts.md or any plot is written.
+  runs = study.train_runs(named, workdir)
   counts = layer_counts(sizes)
   dense_224x224x3_to_10 = lesson_dense_example()
   columns = list(counts[0])
@@ -91,7 +92,6 @@ def run(config, workdir):
                 xlabel="pixels n²", ylabel="multiply-adds per image",
                 title="forward cost: local and shared are equal", logx=True, logy=True)
 
-  runs = study.train_runs(named, workdir)
   rows = [{"model": r.config.model, "train_size": r.config.train_size,
            "test_accuracy": r.summary["test_accuracy"],
            "params": r.summary.get("num_params", "")} for r in runs]
