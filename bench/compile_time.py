@@ -1,18 +1,18 @@
-"""Compile time of a ResNet train step against depth, with and without ``nn.scan``.
+"""Compile time (and step time) of a ResNet train step against depth: scanned vs unrolled blocks.
 
-"scanned" is the models' default (``scan_blocks=True``: stages with at least
-``stages.MIN_SCANNED_BLOCKS`` repeated blocks run under ``nn.scan``, shorter ones are unrolled);
-"unrolled" is ``scan_blocks=False`` (every block traced and compiled on its own).
+  python -m bench.compile_time                                  # depths 20 56 110, all variants
+  python -m bench.compile_time --depths 20 110 --blocks=scan --grad=hand --steps=3
 
-  python -m bench.compile_time                  # depths 20 56 110, scanned and unrolled
-  python -m bench.compile_time --depths 20 110 --no-unrolled
-
-For each depth it builds the CIFAR ResNet (option A), initialises it, and times
+For each depth, block form (``scan``: ``scan_blocks=True``, a stage's repeated blocks under
+``nn.scan`` when it has at least ``stages.MIN_SCANNED_BLOCKS`` of them; ``unrolled``:
+``scan_blocks=False``, every block traced and compiled on its own) and gradient (``autodiff``
+or ``hand``), it builds the CIFAR ResNet (option A), initialises it, and times
 ``jax.jit(train_step).lower(...)`` (tracing to StableHLO) and ``.compile()`` (XLA) separately.
 The train step is forward + backward + an SGD-with-momentum update (optax), with BatchNorm in
-training mode, on a batch of 128 images of 32×32×3: what the trainer compiles. Compile time
-hardly depends on the batch size. Results go to stdout as a Markdown table for
-docs/benchmarks.md. Nothing is cached between measurements (fresh jit each time).
+training mode, on a batch of ``--batch`` images of ``--image_size``² × 3: what the trainer
+compiles. With ``--steps=K`` it then runs the compiled step K times after one warm-up call and
+reports the median step time. Nothing is cached between measurements (fresh jit each time).
+Results go to stdout as a Markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 
 import jax
@@ -29,11 +30,11 @@ import optax
 from cnn_jax.models import resnet
 
 
-def measure(depth: int, scan: bool, batch: int = 128) -> dict:
-  """Seconds to trace+lower and to compile one train step of ResNet-``depth``."""
-  model = resnet.ResNet(num_classes=10, depth=depth, scan_blocks=scan)
-  x = jnp.zeros((batch, 32, 32, 3), jnp.float32)
-  y = jnp.zeros((batch,), jnp.int32)
+def build_step(depth: int, scan: bool, grad: str, batch: int, image_size: int):
+  """A jitted, donating ResNet train step and the arguments of its first call."""
+  model = resnet.ResNet(num_classes=10, depth=depth, scan_blocks=scan, grad=grad)
+  x = jax.random.normal(jax.random.key(1), (batch, image_size, image_size, 3), jnp.float32)
+  y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
   variables = model.init(jax.random.key(0), x[:1], train=False)
   tx = optax.sgd(0.1, momentum=0.9)
   opt_state = tx.init(variables["params"])
@@ -49,41 +50,74 @@ def measure(depth: int, scan: bool, batch: int = 128) -> dict:
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
   step = jax.jit(train_step, donate_argnums=(0, 1, 2))
+  return step, (variables["params"], variables["batch_stats"], opt_state, x, y)
+
+
+def measure(depth: int, scan: bool, grad: str = "autodiff", batch: int = 128,
+            image_size: int = 32, steps: int = 0) -> dict:
+  """Seconds to trace+lower and to compile one train step (and to run it, if ``steps``)."""
+  step, args = build_step(depth, scan, grad, batch, image_size)
   # Wall time is what a user waits for; process CPU time (all threads) is what the work costs,
   # and is far less disturbed by other jobs on a shared machine.
   start, start_cpu = time.perf_counter(), time.process_time()
-  lowered = step.lower(variables["params"], variables["batch_stats"], opt_state, x, y)
+  lowered = step.lower(*args)
   traced = time.perf_counter()
-  lowered.compile()
+  compiled = lowered.compile()
   done, done_cpu = time.perf_counter(), time.process_time()
-  return {"depth": depth, "scan": scan, "lower_s": traced - start, "compile_s": done - traced,
-          "total_s": done - start, "cpu_s": done_cpu - start_cpu}
+  row = {"depth": depth, "scan": scan, "grad": grad, "lower_s": traced - start,
+         "compile_s": done - traced, "total_s": done - start, "cpu_s": done_cpu - start_cpu,
+         "step_s": None}
+  if steps:
+    params, batch_stats, opt_state, x, y = args
+    times = []
+    for _ in range(steps + 1):  # the first call is a warm-up
+      t = time.perf_counter()
+      params, batch_stats, opt_state, loss = compiled(params, batch_stats, opt_state, x, y)
+      loss.block_until_ready()
+      times.append(time.perf_counter() - t)
+    row["step_s"] = statistics.median(times[1:])
+  return row
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--depths", type=int, nargs="+", default=[20, 56, 110])
-  parser.add_argument("--no-unrolled", action="store_true", help="only the scanned models")
+  parser.add_argument("--blocks", default="scan,unrolled",
+                      help="comma-separated: scan, unrolled")
+  parser.add_argument("--grad", default="autodiff,hand", help="comma-separated: autodiff, hand")
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--image_size", type=int, default=32)
+  parser.add_argument("--steps", type=int, default=0,
+                      help="also time this many steps after compiling (median; 0: compile only)")
   args = parser.parse_args()
+  blocks = args.blocks.split(",")
+  grads = args.grad.split(",")
+  if not set(blocks) <= {"scan", "unrolled"} or not set(grads) <= {"autodiff", "hand"}:
+    parser.error("--blocks takes scan and/or unrolled, --grad autodiff and/or hand")
   rows = []
-  for scan in (True,) if args.no_unrolled else (True, False):
-    for depth in args.depths:
-      row = measure(depth, scan)
-      rows.append(row)
-      print(f"depth {depth:4d} scan={scan!s:5}: lower {row['lower_s']:6.2f} s, "
-            f"compile {row['compile_s']:6.2f} s, total {row['total_s']:6.2f} s, "
-            f"CPU {row['cpu_s']:6.2f} s", flush=True)
+  for grad in grads:
+    for form in blocks:
+      for depth in args.depths:
+        row = measure(depth, form == "scan", grad, args.batch, args.image_size, args.steps)
+        rows.append(row)
+        step = f", step {row['step_s']:.3f} s" if row["step_s"] is not None else ""
+        print(f"{grad:8s} {form:8s} depth {depth:4d}: lower {row['lower_s']:6.2f} s, "
+              f"compile {row['compile_s']:6.2f} s, total {row['total_s']:6.2f} s, "
+              f"CPU {row['cpu_s']:6.2f} s{step}", flush=True)
   print(f"\njax {jax.__version__}, {jax.devices()[0].platform}, {platform.machine()}, "
-        f"{os.cpu_count()} CPUs visible")
-  print("| blocks | depth | trace+lower (s) | XLA compile (s) | total wall (s) | "
-        "wall / shallowest | process CPU (s) | CPU / shallowest |")
-  print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        f"{os.cpu_count()} CPUs visible, batch {args.batch}, {args.image_size}x{args.image_size}x3, "
+        f"load average {os.getloadavg()[0]:.1f}")
+  print("| grad | blocks | depth | trace+lower (s) | XLA compile (s) | total wall (s) | "
+        "wall / shallowest | process CPU (s) | CPU / shallowest | step (s) |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
   for row in rows:
-    base = next(r for r in rows if r["scan"] == row["scan"] and r["depth"] == min(args.depths))
-    print(f"| {'default (scan)' if row['scan'] else 'unrolled'} | {row['depth']} | "
+    base = next(r for r in rows if r["scan"] == row["scan"] and r["grad"] == row["grad"]
+                and r["depth"] == min(args.depths))
+    step = f"{row['step_s']:.3f}" if row["step_s"] is not None else "-"
+    print(f"| {row['grad']} | {'scan' if row['scan'] else 'unrolled'} | {row['depth']} | "
           f"{row['lower_s']:.2f} | {row['compile_s']:.2f} | {row['total_s']:.2f} | "
           f"{row['total_s'] / base['total_s']:.2f}× | {row['cpu_s']:.2f} | "
-          f"{row['cpu_s'] / base['cpu_s']:.2f}× |")
+          f"{row['cpu_s'] / base['cpu_s']:.2f}× | {step} |")
 
 
 if __name__ == "__main__":

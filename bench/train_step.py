@@ -2,7 +2,7 @@
 
   python -m bench.train_step --model=resnet --depth=20 --batch=128 [--json] \
       [--compare=torch] [--torch_threads=T,...] [--steps=N] [--repeats=R]
-      [--grad=autodiff,hand,...] [--devices=D,...] [--scan] [--compile_only] [--matmul]
+      [--grad=autodiff,hand,...] [--devices=D,...] [--[no]scan] [--compile_only] [--matmul]
 
 prints images/s, achieved GFLOP/s (``3 x forward FLOPs x images/s``: the backward pass of a
 conv costs two forward-sized products, one per operand) and the jit compile time of the step.
@@ -62,8 +62,10 @@ def _parse(argv):
                       help="comma-separated numbers of fake CPU devices to split the batch over")
   parser.add_argument("--torch_threads", default="",
                       help="comma-separated torch thread counts (default: the machine's cores)")
-  parser.add_argument("--scan", action="store_true",
-                      help="twin only: nn.scan over each stage's identical blocks")
+  parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
+                      help="nn.scan over each stage's repeated blocks (--noscan: unrolled); "
+                      "default: the project model scans with grad=hand and unrolls with "
+                      "grad=autodiff (what runs fast on CPU, docs/models.md), the twin unrolls")
   parser.add_argument("--compile_only", action="store_true",
                       help="only compile the JAX step(s) and print the compile time")
   parser.add_argument("--matmul", action="store_true", help="measure matmul GFLOP/s too")
@@ -120,6 +122,7 @@ def build_model(args, grad):
       config.model, config.depth = "resnet", args.depth
       config.grad = "hand" if grad.startswith("hand") else "autodiff"
       config.shortcut, config.image_size = "A", args.image_size
+      config.scan_blocks = config.grad == "hand" if args.scan is None else args.scan
       with config.unlocked():
         config.num_classes = 10
       return models.build(config), "cnn_jax.models"
@@ -131,7 +134,7 @@ def build_model(args, grad):
     correlate = functools.partial(fast_conv.correlate,
                                   weight_method={"hand": "auto", "hand-conv": "conv",
                                                  "hand-taps": "taps"}[grad])
-  return (resnet_twin.TwinResNet(depth=args.depth, correlate=correlate, scan=args.scan),
+  return (resnet_twin.TwinResNet(depth=args.depth, correlate=correlate, scan=bool(args.scan)),
           "bench.resnet_twin" + (" (scan)" if args.scan else ""))
 
 

@@ -119,6 +119,21 @@ def preflight(config: ml_collections.ConfigDict, *, dataset=None, model=None) ->
   jax.eval_shape(lambda: state_lib.create(model, tx, input_shape, config.seed))
 
 
+def slow_scanned_autodiff(config: ml_collections.ConfigDict, param_names) -> bool:
+  """Whether this run differentiates convolutions inside ``nn.scan`` by autodiff on a CPU.
+
+  ``param_names``: the model's parameter paths ("a/b/kernel"); scanned blocks hold theirs
+  under ``steps.SCANNED``.
+
+  JAX transposes a convolution into weight-gradient convolutions in a non-canonical layout;
+  XLA's CPU backend rewrites those into its fast (Eigen) form only at a program's top level,
+  not inside loop bodies, so there they run ~20x slower (docs/benchmarks.md, "Scanned
+  blocks"). The hand VJPs (``cnn_jax.ops.hand``) emit the canonical form and do not suffer.
+  """
+  return (config.grad == "autodiff" and jax.default_backend() == "cpu"
+          and any(steps_lib.SCANNED in name for name in param_names))
+
+
 def _data_functions(batch_indices, prepare_batch):
   if batch_indices is None or prepare_batch is None:
     from cnn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
@@ -276,6 +291,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
   logging.info("%s", sharding_lib.describe(mesh))
   logging.info("model %s: %d parameters, input %s, %d classes", config.model, num_params,
                input_shape, config.num_classes)
+  if slow_scanned_autodiff(config, fingerprint["param_shapes"]):
+    logging.warning("grad=autodiff with scan_blocks=True on CPU: XLA's CPU backend runs the "
+                    "weight-gradient convolutions inside nn.scan ~20x slower; use grad=hand "
+                    "or scan_blocks=False (docs/benchmarks.md)")
   if is_chief:
     _log_model_summary(model, input_shape)
     if fresh:

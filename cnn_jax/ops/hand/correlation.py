@@ -142,17 +142,16 @@ def correlate_input_grad(g, w, spec: correlation.WindowSpec, x_shape, groups):
       pads.append((e - 1, e - 1 + untouched))
     else:  # crop while convolving
       pads.append((e - 1 - lo, e - 1 + untouched - hi))
-  letters = _SPATIAL_LETTERS[spec.num_dims]
-  flipped = correlation.flip_kernel(w)
-  if groups == 1:
-    # Swap in/out by relabelling the kernel's axes ("OI" instead of "IO"): no data movement.
-    kernel, rhs_spec = flipped, letters + "OI"
-  else:
-    kernel, rhs_spec = _swap_channels(flipped, groups), letters + "IO"
+  # The swapped kernel is materialised (a cheap transpose of a small array), not relabelled:
+  # XLA's CPU backend runs a convolution with Eigen only in its canonical form (NHWC input,
+  # HWIO kernel, NHWC output) and rewrites other forms into it only at the top level of a
+  # program, not inside loop bodies such as ``nn.scan``'s, where a relabelled conv runs ~30x
+  # slower (docs/benchmarks.md, "Scanned blocks").
+  kernel = _swap_channels(correlation.flip_kernel(w), groups)
   dx = lax.conv_general_dilated(
       g, kernel, window_strides=(1,) * spec.num_dims, padding=pads,
       lhs_dilation=spec.stride, rhs_dilation=spec.dilation,
-      dimension_numbers=("N" + letters + "C", rhs_spec, "N" + letters + "C"),
+      dimension_numbers=_dimension_numbers(spec.num_dims),
       feature_group_count=groups)
   return unpad(dx, spec) if spec.circular else dx
 
@@ -190,14 +189,19 @@ def correlate_weight_grad(x, g, spec: correlation.WindowSpec, kernel_shape, grou
     xp = x
     pads = tuple((lo, size - lo - n)
                  for (lo, _), size, n in zip(spec.pads, span, x.shape[1:-1]))
-  letters = _SPATIAL_LETTERS[num_dims]
-  # x_p's channel axis plays the batch (N), its example axis the features (C); the output's
-  # "batch" is C_in/G and its features C_out, laid out directly as (*kernel, C_in/G, C_out).
-  dimension_numbers = ("C" + letters + "N", "I" + letters + "O", letters + "NC")
-  return lax.conv_general_dilated(
-      xp, g, window_strides=spec.dilation, padding=pads,
-      rhs_dilation=spec.stride, dimension_numbers=dimension_numbers,
+  # x_p's channel axis plays the batch, its example axis the contracted features; g is the
+  # kernel (its examples the input features, its channels the output features). Both are
+  # transposed into the canonical (batch, *spatial, features) / (*spatial, in, out) layout
+  # first, so that XLA's CPU backend runs this conv with Eigen also inside loop bodies (see
+  # ``correlate_input_grad``); the result (C_in/G, *kernel, C_out) is moved to
+  # (*kernel, C_in/G, C_out).
+  lhs = jnp.moveaxis(xp, (0, num_dims + 1), (num_dims + 1, 0))  # (C_in, *span, N)
+  rhs = jnp.moveaxis(g, 0, num_dims)  # (*out_spatial, N, C_out)
+  dw = lax.conv_general_dilated(
+      lhs, rhs, window_strides=spec.dilation, padding=pads,
+      rhs_dilation=spec.stride, dimension_numbers=_dimension_numbers(num_dims),
       batch_group_count=groups)
+  return jnp.moveaxis(dw, 0, num_dims)
 
 
 # ---------------------------------------------------------------------------------------------
