@@ -247,3 +247,27 @@ def test_training_with_hand_and_autodiff_gives_the_same_params(rng):
     np.testing.assert_allclose(trained["hand"][key], trained["autodiff"][key], rtol=1e-5,
                                atol=1e-6)
   assert not np.allclose(trained["hand"]["conv"], params["conv"])  # it did train
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_hand_backward_convs_stay_canonical_inside_a_scan(rng, stride):
+  # XLA's CPU backend rewrites convolutions into its fast (Eigen) form only at a program's top
+  # level; inside a loop body a conv runs in whatever form it was written (docs/benchmarks.md,
+  # "Scanned blocks"). The hand backward must therefore itself write every conv as
+  # NHWC x HWIO -> NHWC ("b01f_01io->b01f" in HLO). Checked on the compiled gradient of a
+  # scan over hand correlations: every convolution in it, forward and backward, is canonical.
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
+  ws = jnp.asarray(rng.standard_normal((3, 3, 3, 3, 3)), jnp.float32)
+
+  def loss(ws, x):
+    def body(h, w):
+      y = hand.correlate(h, w, stride=stride, padding="SAME")
+      # Back to the carry's shape when strided (nearest upsampling), so the scan can carry it.
+      return jnp.repeat(jnp.repeat(y, stride, 1), stride, 2), None
+    return jnp.sum(jax.lax.scan(body, x, ws)[0] ** 2)
+
+  hlo = jax.jit(jax.grad(loss)).lower(ws, x).compile().as_text()
+  convs = [line for line in hlo.splitlines() if " convolution(" in line]
+  assert len(convs) >= 3  # forward, dL/dx and dL/dw
+  labels = {line.split("dim_labels=")[1].split(",")[0].split(" ")[0] for line in convs}
+  assert labels == {"b01f_01io->b01f"}, labels

@@ -312,3 +312,24 @@ def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path):
   writer.write(4, {"a": 3.0})
   writer.close()
   assert metrics_lib.read_jsonl(str(path)) == [{"step": 2, "a": 1}, {"step": 4, "a": 3.0}]
+
+
+def test_autodiff_through_scanned_blocks_on_cpu_is_flagged_and_nothing_else():
+  # The trainer warns about the one slow combination (docs/models.md): grad=autodiff with
+  # scanned blocks on XLA's CPU backend. Names are the real ones of a scanned ResNet-56.
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  from cnn_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  names = {}
+  for depth in (20, 56):
+    config.depth = depth
+    variables = jax.eval_shape(lambda m=models.build(config): m.init(
+        jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False))
+    names[depth] = steps_lib.param_shapes(variables["params"])
+  assert jax.default_backend() == "cpu"
+  config.grad = "autodiff"
+  assert loop.slow_scanned_autodiff(config, names[56])
+  assert not loop.slow_scanned_autodiff(config, names[20])  # ResNet-20 has nothing scanned
+  config.grad = "hand"
+  assert not loop.slow_scanned_autodiff(config, names[56])
