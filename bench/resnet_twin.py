@@ -13,7 +13,7 @@ PyTorch sides of every comparison run exactly the same network:
 Convs use explicit padding 1 (as PyTorch's ``padding=1``), not XLA's "SAME", which pads a
 stride-2 conv (0, 1) instead of (1, 1) and would make the two twins compute different
 functions. The correlation function is a field, so a faster formulation (e.g.
-``bench.fast_conv.correlate``) can be swapped in without touching the architecture.
+``cnn_jax.ops.hand.correlate``) can be swapped in without touching the architecture.
 
 ``resnet_forward_flops`` gives the forward FLOPs of this architecture analytically
 (2 FLOPs per multiply-accumulate of convs and the dense layer; BN, ReLU, adds and pooling are

@@ -18,10 +18,10 @@ GFLOP/s as a fraction of it.
 
 The model is ``cnn_jax.models.build(config)`` (the project's model) when that package is
 importable, else the bench's own twin ``bench.resnet_twin.TwinResNet`` (same architecture as
-the torch twin); ``--impl`` forces one. ``--grad=hand`` swaps the twin's correlation for
-``bench.fast_conv.correlate`` (hand-written VJP, ``weight_method="auto"``; ``hand-conv`` and
-``hand-taps`` force one weight-gradient formulation) or sets ``config.grad="hand"`` for the
-project model. ``--devices=D``
+the torch twin); ``--impl`` forces one. ``--grad=hand`` sets ``config.grad="hand"`` for the
+project model, or swaps the twin's correlation for ``cnn_jax.ops.hand.correlate``
+(hand-written VJP, ``weight_method="auto"``; ``hand-conv`` and ``hand-taps`` force one
+weight-gradient formulation, twin only). ``--devices=D``
 splits the batch over ``D`` fake CPU devices
 (``--xla_force_host_platform_device_count``) with a ``NamedSharding`` on a "data" mesh axis
 (parameters replicated; batch-norm statistics are then computed over the whole batch by an
@@ -55,8 +55,8 @@ def _parse(argv):
   parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions")
   parser.add_argument("--compare", default="", help="'torch' to time the PyTorch twin too")
   parser.add_argument("--grad", default="autodiff",
-                      help="comma-separated: autodiff, hand (fast_conv, weight_method=auto), "
-                      "hand-conv, hand-taps (fast_conv with that weight_method)")
+                      help="comma-separated: autodiff, hand (ops.hand, weight_method=auto), "
+                      "hand-conv, hand-taps (twin only: that weight_method)")
   parser.add_argument("--impl", default="auto", choices=("auto", "project", "twin"))
   parser.add_argument("--devices", default="1",
                       help="comma-separated numbers of fake CPU devices to split the batch over")
@@ -130,8 +130,8 @@ def build_model(args, grad):
   correlate = resnet_twin.ops.correlate
   if grad.startswith("hand"):
     import functools  # pylint: disable=g-import-not-at-top
-    from bench import fast_conv  # pylint: disable=g-import-not-at-top
-    correlate = functools.partial(fast_conv.correlate,
+    from cnn_jax.ops import hand  # pylint: disable=g-import-not-at-top
+    correlate = functools.partial(hand.correlate,
                                   weight_method={"hand": "auto", "hand-conv": "conv",
                                                  "hand-taps": "taps"}[grad])
   return (resnet_twin.TwinResNet(depth=args.depth, correlate=correlate, scan=bool(args.scan)),

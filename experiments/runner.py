@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any, Callable, Sequence
 
 import ml_collections
@@ -218,8 +219,10 @@ def run_sweep(name: str, runs: Sequence[RunSpec], root: str, *, parallel: int = 
               progress: Callable[[str], None] = print) -> list[dict]:
   """Runs every run not finished yet, ``parallel`` at a time, and returns all summaries.
 
-  With ``parallel > 1`` each run is a separate process (its command from ``commands``), each
-  told to use ``max(1, cores // parallel)`` threads so that runs do not fight over cores.
+  With ``parallel > 1`` each run is a separate process (its command from ``commands``); on
+  Linux each of the ``parallel`` slots is pinned to its own share of the cores
+  (``sched_setaffinity``; XLA sizes its thread pool from the affinity mask), so runs do not
+  fight over cores.
   """
   pending = [i for i, r in enumerate(runs) if not is_finished(r.workdir(root))]
   for i, r in enumerate(runs):
@@ -230,28 +233,51 @@ def run_sweep(name: str, runs: Sequence[RunSpec], root: str, *, parallel: int = 
       progress(f"[run ] {runs[i].run_id or name}")
       run_one(name, runs[i].config, runs[i].workdir(root))
   else:
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    slots = core_slots(parallel)
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                        f"intra_op_parallelism_threads={threads}").strip()
-    env["OMP_NUM_THREADS"] = str(threads)
+    env["OMP_NUM_THREADS"] = str(len(slots[0]) or max(1, (os.cpu_count() or 1) // parallel))
     queue = list(pending)
-    active: list[tuple[int, subprocess.Popen]] = []
+    active: list[tuple[int, int, subprocess.Popen, Any]] = []  # (run, slot, process, log)
     failures = []
     while queue or active:
-      while queue and len(active) < parallel:
-        i = queue.pop(0)
+      free = [k for k in range(parallel) if k not in {slot for _, slot, _, _ in active}]
+      while queue and free:
+        i, slot = queue.pop(0), free.pop(0)
         progress(f"[run ] {runs[i].run_id} (process)")
         log = open(os.path.join(_ensure_dir(runs[i].workdir(root)), "launch.log"), "w")
-        active.append((i, subprocess.Popen(commands[i], env=env, stdout=log,
-                                           stderr=subprocess.STDOUT, cwd=REPO_ROOT)))
-      i, process = active.pop(0)
-      if process.wait() != 0:
+        pin = (lambda cores=slots[slot]: os.sched_setaffinity(0, cores)) if slots[slot] else None
+        active.append((i, slot, subprocess.Popen(commands[i], env=env, stdout=log,
+                                                 stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                                 preexec_fn=pin), log))
+      done = _wait_any([process for _, _, process, _ in active])
+      i, _, process, log = active.pop(done)
+      log.close()
+      if process.returncode != 0:
         failures.append(runs[i].run_id)
     if failures:
       raise RuntimeError(f"{len(failures)} run(s) failed: {', '.join(failures)}; see their "
                          "launch.log.")
   return [read_summary(r.workdir(root)) for r in runs]
+
+
+def core_slots(parallel: int) -> list[set[int]]:
+  """``parallel`` disjoint sets of this process's cores (round robin), or empty sets where the
+  platform cannot pin (no ``sched_setaffinity``) or there are fewer cores than slots."""
+  if not hasattr(os, "sched_getaffinity"):
+    return [set() for _ in range(parallel)]
+  cores = sorted(os.sched_getaffinity(0))
+  if len(cores) < parallel:
+    return [set() for _ in range(parallel)]
+  return [set(cores[k::parallel]) for k in range(parallel)]
+
+
+def _wait_any(processes: Sequence[subprocess.Popen]) -> int:
+  """Index of the first of ``processes`` to finish (polling; they are minutes long)."""
+  while True:
+    for k, process in enumerate(processes):
+      if process.poll() is not None:
+        return k
+    time.sleep(0.2)
 
 
 def _ensure_dir(path: str) -> str:
