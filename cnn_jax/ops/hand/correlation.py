@@ -146,7 +146,7 @@ def correlate_input_grad(g, w, spec: correlation.WindowSpec, x_shape, groups):
   # XLA's CPU backend runs a convolution with Eigen only in its canonical form (NHWC input,
   # HWIO kernel, NHWC output) and rewrites other forms into it only at the top level of a
   # program, not inside loop bodies such as ``nn.scan``'s, where a relabelled conv runs ~30x
-  # slower (docs/benchmarks.md, "Scanned blocks").
+  # slower (docs/benchmarks.md, "Why autodiff inside `nn.scan` is slow on CPU").
   kernel = _swap_channels(correlation.flip_kernel(w), groups)
   dx = lax.conv_general_dilated(
       g, kernel, window_strides=(1,) * spec.num_dims, padding=pads,
@@ -160,7 +160,7 @@ WEIGHT_METHODS = ("auto", "conv", "taps")
 # "auto" takes "conv" below this many input channels per group (the 3-channel stem: conv 17 ms
 # vs taps 25 ms at batch 128, 32x32) and "taps" otherwise, where it won every shape measured on
 # the 2-core CPU: 1.3-2.1x on the CIFAR ResNet 3x3 layers, 28x on a 1x1 256->64, 90x on a
-# grouped 3x3 (docs/benchmarks.md, "Weight gradient: taps vs conv").
+# grouped 3x3 (docs/benchmarks.md, "Train step, side by side with PyTorch", item 1).
 TAPS_MIN_CHANNELS = 8
 
 
