@@ -128,7 +128,8 @@ def slow_scanned_autodiff(config: ml_collections.ConfigDict, param_names) -> boo
   JAX transposes a convolution into weight-gradient convolutions in a non-canonical layout;
   XLA's CPU backend rewrites those into its fast (Eigen) form only at a program's top level,
   not inside loop bodies, so there they run ~20x slower (docs/benchmarks.md,
-  "Compile time against depth, and scanned blocks"). The hand VJPs (``cnn_jax.ops.hand``) emit the canonical form and do not suffer.
+  "Compile time against depth, and scanned blocks"). The hand VJPs (``cnn_jax.ops.hand``)
+  emit the canonical form and do not suffer.
   """
   return (config.grad == "autodiff" and jax.default_backend() == "cpu"
           and any(steps_lib.SCANNED in name for name in param_names))
