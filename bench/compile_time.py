@@ -9,8 +9,8 @@ For each depth, block form (``scan``: ``scan_blocks=True``, a stage's repeated b
 or ``hand``), it builds the CIFAR ResNet (option A), initialises it, and times
 ``jax.jit(train_step).lower(...)`` (tracing to StableHLO) and ``.compile()`` (XLA) separately.
 The train step is forward + backward + an SGD-with-momentum update (optax), with BatchNorm in
-training mode, on a batch of ``--batch`` images of ``--image_size``² × 3: what the trainer
-compiles. With ``--steps=K`` it then runs the compiled step K times after one warm-up call and
+training mode, on a batch of ``--batch`` images of ``--image_size``² × 3, compiled with the
+trainer's XLA options (``cnn_jax.train.steps.compiler_options``): what the trainer compiles. With ``--steps=K`` it then runs the compiled step K times after one warm-up call and
 reports the median step time. Nothing is cached between measurements (fresh jit each time).
 Results go to stdout as a Markdown table for docs/benchmarks.md.
 """
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from cnn_jax.models import resnet
+from cnn_jax.train import steps as steps_lib
 
 
 def build_step(depth: int, scan: bool, grad: str, batch: int, image_size: int):
@@ -49,7 +50,9 @@ def build_step(depth: int, scan: bool, grad: str, batch: int, image_size: int):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
-  step = jax.jit(train_step, donate_argnums=(0, 1, 2))
+  # The trainer's compiler options (convolutions in Eigen on CPU), so the figures are its own.
+  step = jax.jit(train_step, donate_argnums=(0, 1, 2),
+                 compiler_options=steps_lib.compiler_options())
   return step, (variables["params"], variables["batch_stats"], opt_state, x, y)
 
 

@@ -2,7 +2,8 @@
 
   python -m bench.train_step --model=resnet --depth=20 --batch=128 [--json] \
       [--compare=torch] [--torch_threads=T,...] [--steps=N] [--repeats=R]
-      [--grad=autodiff,hand,...] [--devices=D,...] [--[no]scan] [--compile_only] [--matmul]
+      [--grad=autodiff,hand,...] [--devices=D,...] [--cpu_convolutions=eigen,xla_default]
+      [--[no]scan] [--compile_only] [--matmul]
 
 prints images/s, achieved GFLOP/s (``3 x forward FLOPs x images/s``: the backward pass of a
 conv costs two forward-sized products, one per operand) and the jit compile time of the step.
@@ -28,6 +29,9 @@ splits the batch over ``D`` fake CPU devices
 all-reduce, the same function as on one device). ``--grad`` and ``--devices`` take
 comma-separated lists; every combination is compiled and timed, alternating, in one process
 (so ``--devices=1,2`` compares one device with two fake ones under the same load).
+The step is compiled with the trainer's XLA options (``cnn_jax.train.steps.compiler_options``:
+convolutions in Eigen on CPU); ``--cpu_convolutions=eigen,xla_default`` also times XLA's own
+choice (YNNPACK above 16 channels) in the same run.
 """
 
 from __future__ import annotations
@@ -66,6 +70,10 @@ def _parse(argv):
                       help="nn.scan over each stage's repeated blocks (--noscan: unrolled); "
                       "default: the project model scans with grad=hand and unrolls with "
                       "grad=autodiff (what runs fast on CPU, docs/models.md), the twin unrolls")
+  parser.add_argument("--cpu_convolutions", default="eigen",
+                      help="comma-separated: eigen (the trainer's default: XLA's CPU backend "
+                      "runs convolutions with Eigen), xla_default (XLA's choice: YNNPACK above "
+                      "16 channels); see cnn_jax.train.steps.compiler_options")
   parser.add_argument("--compile_only", action="store_true",
                       help="only compile the JAX step(s) and print the compile time")
   parser.add_argument("--matmul", action="store_true", help="measure matmul GFLOP/s too")
@@ -93,6 +101,11 @@ def _parse(argv):
     args.devices_list = [int(d) for d in args.devices.split(",")]
   except ValueError:
     parser.error(f"--devices={args.devices!r} is not allowed: give comma-separated ints >= 1")
+  args.cpu_convolutions_list = args.cpu_convolutions.split(",")
+  for value in args.cpu_convolutions_list:
+    if value not in ("eigen", "xla_default"):
+      parser.error(f"--cpu_convolutions: {value!r} is not allowed: give some of eigen, "
+                   "xla_default")
   for devices in args.devices_list:
     if devices < 1 or args.batch % devices:
       parser.error(f"--devices: {devices} is not allowed: give ints >= 1 dividing "
@@ -139,8 +152,10 @@ def build_model(args, grad):
 
 
 def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum=0.9,
-                     weight_decay=1e-4, run_once=True):
+                     weight_decay=1e-4, run_once=True, xla_options=None):
   """Compiles a donated SGD-momentum train step; returns ``(step, compile_seconds)``.
+
+  ``xla_options``: XLA compiler options for the step (``cnn_jax.train.steps.compiler_options``).
 
   ``step()`` runs one step and returns the loss (a device array, not waited for).
   """
@@ -181,7 +196,7 @@ def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum
   state = jax.device_put(state, replicated)
   x, y = jax.device_put(images, sharded), jax.device_put(labels, sharded)
   jitted = jax.jit(train_step, donate_argnums=0, in_shardings=(replicated, sharded, sharded),
-                   out_shardings=(replicated, replicated))
+                   out_shardings=(replicated, replicated), compiler_options=xla_options)
   start = time.perf_counter()
   compiled = jitted.lower(state, x, y).compile()
   compile_seconds = time.perf_counter() - start
@@ -205,8 +220,10 @@ def _time_steps(step, steps, wait):
 
 
 def _variants(args):
-  """(grad, devices) pairs to time, from the comma-separated ``--grad`` and ``--devices``."""
-  return [(g, d) for d in args.devices_list for g in args.grad_list]
+  """(grad, devices, cpu_convolutions) to time, from the comma-separated ``--grad``,
+  ``--devices`` and ``--cpu_convolutions``."""
+  return [(g, d, c) for c in args.cpu_convolutions_list for d in args.devices_list
+          for g in args.grad_list]
 
 
 def run(args) -> dict:
@@ -230,11 +247,15 @@ def run(args) -> dict:
   from bench.resnet_twin import resnet_forward_flops  # pylint: disable=g-import-not-at-top
 
   runners, compile_seconds, impl = {}, {}, None
-  for grad, devices in _variants(args):
+  from cnn_jax.train import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  for grad, devices, cpu_convolutions in _variants(args):
     label = f"jax_{grad}_{devices}dev"
+    if len(args.cpu_convolutions_list) > 1:
+      label += f"_{cpu_convolutions}"
     model, impl = build_model(args, grad)
-    step, compile_seconds[label] = make_jax_trainer(model, args.batch, args.image_size, devices,
-                                                    run_once=not args.compile_only)
+    step, compile_seconds[label] = make_jax_trainer(
+        model, args.batch, args.image_size, devices, run_once=not args.compile_only,
+        xla_options=steps_lib.compiler_options(cpu_convolutions))
     runners[label] = (step, lambda out: out.block_until_ready())
   if args.compile_only:
     return {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,

@@ -108,16 +108,78 @@ def test_bad_weight_method_raises_before_tracing(rng):
     hand.convolve(x, w, weight_method="fft")
 
 
-def test_auto_method_picks_by_channels(rng):
-  """weight_method="auto" uses the conv form below TAPS_MIN_CHANNELS per group, else taps."""
-  low = hand_correlation.TAPS_MIN_CHANNELS
-  for c_in, groups in ((low - 1, 1), (low, 1), (2 * low, 2), (2 * low - 2, 2)):
-    x = jnp.asarray(rng.standard_normal((2, 5, 5, c_in)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((3, 3, c_in // groups, 2 * groups)), jnp.float32)
-    want_taps = c_in // groups >= low
-    loss = lambda w_, x=x, groups=groups: hand.correlate(x, w_, padding="SAME",
-                                                         groups=groups).sum()
-    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(w))
-    # Forward and dL/dx are one conv each; the conv form of dL/dw is a third, taps are dots.
-    assert jaxpr.count("conv_general_dilated") == (2 if want_taps else 3), (c_in, groups)
-    assert ("dot_general" in jaxpr) == want_taps, (c_in, groups)
+def _auto_uses_taps(rng, c_in, groups, kernel):
+  """Whether hand.correlate's gradient under weight_method="auto" computes dL/dw by taps,
+  read from the jaxpr: forward and dL/dx are one conv each, the conv form of dL/dw is a third,
+  taps are dots."""
+  x = jnp.asarray(rng.standard_normal((2, 5, 5, c_in)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, c_in // groups, 2 * groups)), jnp.float32)
+  loss = lambda w_: hand.correlate(x, w_, padding="SAME", groups=groups).sum()
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(w))
+  taps = "dot_general" in jaxpr
+  assert jaxpr.count("conv_general_dilated") == (2 if taps else 3), (c_in, groups, kernel)
+  return taps
+
+
+def test_auto_method_picks_by_channels_groups_and_kernel(rng):
+  """weight_method="auto": taps for grouped or 1x1 kernels and for TAPS_MIN_CHANNELS to
+  TAPS_MAX_CHANNELS input channels per group; the conv form otherwise."""
+  low, high = hand_correlation.TAPS_MIN_CHANNELS, hand_correlation.TAPS_MAX_CHANNELS
+  cases = {  # (c_in, groups, kernel): taps?
+      (low - 1, 1, 3): False, (low, 1, 3): True, (high, 1, 3): True, (high + 1, 1, 3): False,
+      (2 * high, 1, 3): False, (3, 1, 3): False,
+      (2 * high, 2, 3): True, (4, 4, 3): True,  # grouped, any width
+      (2 * high, 1, 1): True, (3, 1, 1): True,  # 1x1
+  }
+  for (c_in, groups, kernel), want in cases.items():
+    assert _auto_uses_taps(rng, c_in, groups, kernel) == want, (c_in, groups, kernel)
+
+
+@pytest.mark.parametrize("batch,chunk", [(7, 2), (8, 4), (5, 1), (6, 6)])
+def test_taps_in_batch_chunks_equal_autodiff_float64(rng, batch, chunk):
+  """The taps sum split into chunks of examples (a scan, plus the leftover examples) is the
+  same sum: float64, 1e-10 as above. (7, 2): three chunks and one example left over."""
+  spec_args = dict(stride=2, padding="SAME", dilation=1, groups=2)
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.standard_normal((batch, 7, 6, 4)))
+    w = jnp.asarray(rng.standard_normal((3, 3, 2, 6)))
+    y, vjp = jax.vjp(lambda w_: ops.correlate(x, w_, **spec_args), w)
+    g = jnp.asarray(rng.standard_normal(y.shape))
+    spec = hand_correlation.correlation.window_spec(x.shape, (3, 3), 2, "SAME", 1)
+    got = hand_correlation.correlate_weight_grad_taps(x, g, spec, (3, 3), 2, batch_chunk=chunk)
+    np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-10, atol=1e-10)
+
+
+def test_taps_batch_chunk_fits_the_budget():
+  """Small layers are one chunk; a large one is cut into power-of-two chunks whose padded
+  input fits TAPS_CHUNK_BYTES (the first ResNet stage at batch 128: 8 examples)."""
+  spec_of = lambda shape: hand_correlation.correlation.window_spec(shape, (3, 3), 1, 1, 1)
+  small = (128, 8, 8, 64)  # 3.3 MB padded: under TAPS_CHUNK_ABOVE_BYTES
+  assert hand_correlation.taps_batch_chunk(spec_of(small), small, 4) == 128
+  large = (128, 32, 32, 16)  # 9.5 MB padded, 74 KB per example
+  chunk = hand_correlation.taps_batch_chunk(spec_of(large), large, 4)
+  per_example = 34 * 34 * 16 * 4
+  assert chunk & (chunk - 1) == 0
+  assert chunk * per_example <= hand_correlation.TAPS_CHUNK_BYTES < 2 * chunk * per_example
+  assert chunk == 8
+
+
+def test_bfloat16_taps_chunks_accumulate_in_float32(rng):
+  """A bfloat16 weight gradient summed over 64 chunks is rounded to bfloat16 about once, not
+  once per chunk: the running sum is float32.
+
+  Reference: the same bfloat16-valued inputs summed in float32. Rounding each chunk's result
+  and the final sum to bfloat16 (8-bit mantissa, relative 2^-9) leaves an error near 2^-9 of
+  the largest entry; a bfloat16 running sum rounds 64 times at the sum's own size, several
+  times more. Measured over 6 seeds, in units of 2^-9 of the largest entry: 1.2-1.6 with the
+  float32 running sum, 6-12 with a bfloat16 one; the bound 2^-7.5 (2.8 units) separates them.
+  """
+  x = jnp.asarray(rng.standard_normal((64, 6, 6, 8)), jnp.bfloat16)
+  g = jnp.asarray(rng.standard_normal((64, 6, 6, 8)), jnp.bfloat16)
+  spec = hand_correlation.correlation.window_spec(x.shape, (3, 3), 1, "SAME", 1)
+  want = hand_correlation.correlate_weight_grad_taps(
+      x.astype(jnp.float32), g.astype(jnp.float32), spec, (3, 3), 1, batch_chunk=64)
+  got = hand_correlation.correlate_weight_grad_taps(x, g, spec, (3, 3), 1, batch_chunk=1)
+  assert got.dtype == jnp.bfloat16
+  err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - want)))
+  assert err <= 2 ** -7.5 * float(jnp.max(jnp.abs(want)))

@@ -28,6 +28,8 @@ def _launch(*args, cwd):
     (["--experiment=train", "--config.nope=3"], ["--config.nope is not a field"]),
     (["--experiment=train", "--config.depth=abc"], ["--config.depth=abc"]),
     (["--experiment=train", "--bogus=1"], ["bogus"]),
+    (["--experiment=train", "--config.cpu_convolutions=mkl"],
+     ["cpu_convolutions='mkl' is not allowed", "eigen, xla_default"]),
 ])
 def test_cli_misuse_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
   workdir = tmp_path / "out"

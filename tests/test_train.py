@@ -333,3 +333,39 @@ def test_autodiff_through_scanned_blocks_on_cpu_is_flagged_and_nothing_else():
   assert not loop.slow_scanned_autodiff(config, names[20])  # ResNet-20 has nothing scanned
   config.grad = "hand"
   assert not loop.slow_scanned_autodiff(config, names[56])
+
+
+def _conv_program(options):
+  """The compiled text of a 3x3 32->32 convolution (YNNPACK-eligible: > 16 channels)."""
+  x = jnp.zeros((2, 8, 8, 32), jnp.float32)
+  w = jnp.zeros((3, 3, 32, 32), jnp.float32)
+  conv = lambda x_, w_: jax.lax.conv_general_dilated(
+      x_, w_, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.jit(conv, compiler_options=options).lower(x, w).compile().as_text()
+
+
+def test_cpu_convolutions_eigen_keeps_convolutions_out_of_ynnpack():
+  """The trainer's default compiler options make XLA's CPU backend run a convolution itself
+  (Eigen) instead of in a YNNPACK fusion, which XLA's own default picks above 16 channels
+  (docs/benchmarks.md, "Convolutions in Eigen, not YNNPACK")."""
+  assert jax.default_backend() == "cpu"
+  default_text = _conv_program(steps_lib.compiler_options("xla_default"))
+  eigen_text = _conv_program(steps_lib.compiler_options("eigen"))
+  assert "__ynn_fusion" in default_text  # the premise: XLA's default uses YNNPACK here
+  assert "__ynn_fusion" not in eigen_text
+  assert "convolution(" in eigen_text
+  assert steps_lib.compiler_options("xla_default") == {}
+
+
+def test_cpu_convolutions_value_is_checked():
+  from cnn_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="cpu_convolutions='ynn' is not allowed: give one of "
+                     "eigen, xla_default"):
+    steps_lib.compiler_options("ynn")
+  config = default.get_config()
+  config.cpu_convolutions = "onednn"
+  with pytest.raises(ValueError, match="cpu_convolutions='onednn' is not allowed"):
+    loop.validate(config)
+  config.cpu_convolutions = "xla_default"
+  loop.validate(config)

@@ -44,6 +44,7 @@ LOOP_DEFAULTS = {
     "coordinator_address": "",   # multi-host: "host:port" of process 0
     "num_processes": 1,
     "process_id": 0,
+    "cpu_convolutions": "eigen",  # see steps.CPU_CONVOLUTIONS
 }
 
 # Config fields that define a model's structure: a checkpoint made with other values of any
@@ -85,6 +86,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"keep_checkpoints={config.keep_checkpoints!r}: must be an integer >= 1")
   if int(config.batch_size) != config.batch_size or config.batch_size <= 0:
     raise ValueError(f"batch_size={config.batch_size!r}: must be an integer > 0")
+  steps_lib.check_cpu_convolutions(config.cpu_convolutions)
 
 
 def data_and_model(config: ml_collections.ConfigDict, dataset=None, model=None):
@@ -324,7 +326,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
   layer_names = state_lib.layer_names(model, input_shape)
   layer_order = state_lib.layer_names(state_lib.unrolled(model), input_shape)
   data_kwargs = dict(prepare_batch=prepare_batch, mean=dataset.mean, std=dataset.std,
-                     num_classes=config.num_classes, mesh=mesh, state_sharding=state_sharding)
+                     num_classes=config.num_classes, mesh=mesh, state_sharding=state_sharding,
+                     xla_options=steps_lib.compiler_options(config.cpu_convolutions))
   train_step = steps_lib.make_train_step(
       model, tx, schedule, augment=bool(config.augment), label_smoothing=config.label_smoothing,
       layer_names=layer_names, **data_kwargs)

@@ -47,6 +47,34 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+# Which library XLA's CPU backend runs convolutions with. jax 0.10's XLA hands every 2-D
+# convolution with more than 16 channels to YNNPACK; on the 2-core CPU those ran on one core,
+# 2x slower than Eigen's multi-threaded ones (ResNet 3x3 layers: 16x16 32->32 21.5 vs 10.0 ms,
+# 8x8 64->64 18.8 vs 9.3 ms; weight-gradient convs 3x faster), and the ResNet-20 train step
+# was 1.2x (hand) to 1.6x (autodiff) faster with Eigen (docs/benchmarks.md, "Convolutions in
+# Eigen, not YNNPACK"). "eigen" keeps YNNPACK for dots only; "xla_default" leaves XLA's choice.
+CPU_CONVOLUTIONS = ("eigen", "xla_default")
+
+
+def check_cpu_convolutions(cpu_convolutions: str) -> None:
+  """Raises ``ValueError`` (one line) unless ``cpu_convolutions`` is in ``CPU_CONVOLUTIONS``."""
+  if cpu_convolutions not in CPU_CONVOLUTIONS:
+    raise ValueError(f"cpu_convolutions={cpu_convolutions!r} is not allowed: give one of "
+                     f"{', '.join(CPU_CONVOLUTIONS)}")
+
+
+def compiler_options(cpu_convolutions: str = "eigen") -> dict[str, str]:
+  """XLA compiler options for the steps' ``jax.jit`` (``{}`` off the CPU backend).
+
+  Raises:
+    ValueError: ``cpu_convolutions`` is not one of ``CPU_CONVOLUTIONS``.
+  """
+  check_cpu_convolutions(cpu_convolutions)
+  if cpu_convolutions == "xla_default" or jax.default_backend() != "cpu":
+    return {}
+  return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
 def global_norm(tree) -> jax.Array:
   """L2 norm of all leaves of ``tree`` together (float32)."""
   leaves = jax.tree.leaves(tree)
@@ -114,8 +142,9 @@ def expand_layer_norms(norms: dict[str, np.ndarray],
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     prepare_batch: Callable, mean: np.ndarray, std: np.ndarray, augment: bool,
                     num_classes: int, label_smoothing: float = 0.0,
-                    layer_names: Sequence[str] = (), mesh: Mesh,
-                    state_sharding) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    layer_names: Sequence[str] = (), mesh: Mesh, state_sharding,
+                    xla_options: dict[str, str] | None = None,
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Builds the jitted ``train_step(state, batch) -> (state, metrics)``.
 
   The state argument is donated (its buffers are reused for the new state): callers must not
@@ -133,6 +162,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     layer_names: layers whose gradient norms go into ``metrics["layer_grad_norm"]``.
     mesh: the data mesh.
     state_sharding: pytree of shardings matching the state (replicated).
+    xla_options: XLA compiler options (``compiler_options``); ``None``: XLA's defaults.
   Returns:
     The compiled step. Metrics are replicated float32 scalars (and a dict of them).
   """
@@ -174,16 +204,19 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
 
   return jax.jit(step_fn, in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
                  out_shardings=(state_sharding, sharding_lib.replicated(mesh)),
-                 donate_argnums=0)
+                 donate_argnums=0, compiler_options=xla_options)
 
 
 def make_eval_step(model, *, prepare_batch: Callable, mean: np.ndarray, std: np.ndarray,
-                   num_classes: int, mesh: Mesh, state_sharding) -> Callable[[TrainState, dict], dict]:
+                   num_classes: int, mesh: Mesh, state_sharding,
+                   xla_options: dict[str, str] | None = None,
+                   ) -> Callable[[TrainState, dict], dict]:
   """Builds the jitted ``eval_step(state, batch) -> metrics`` (sums, see module doc).
 
   The batch may carry ``"mask"`` (float32 ``(N,)``, 0 for padding rows). Returns
   ``{"loss_sum", "correct", "count"}`` replicated float32 scalars. Uses BN running statistics
   (``train=False``) and no augmentation. Loss is the plain cross-entropy (no smoothing).
+  ``xla_options``: as in ``make_train_step``.
   """
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
@@ -200,7 +233,7 @@ def make_eval_step(model, *, prepare_batch: Callable, mean: np.ndarray, std: np.
             "count": jnp.sum(mask)}
 
   return jax.jit(eval_fn, in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
-                 out_shardings=sharding_lib.replicated(mesh))
+                 out_shardings=sharding_lib.replicated(mesh), compiler_options=xla_options)
 
 
 def param_shapes(params) -> dict[str, list[int]]:

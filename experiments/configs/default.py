@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
                                    # on CPU, autodiff convs inside nn.scan run ~20x slower:
                                    # pair grad=autodiff with scan_blocks=False there
   config.dtype = "float32"         # float32 | bfloat16 (compute dtype)
+  config.cpu_convolutions = "eigen"  # eigen | xla_default: the library XLA's CPU backend runs
+                                   # convolutions with; Eigen measured 2x faster than XLA's
+                                   # default YNNPACK on 2 cores (docs/benchmarks.md)
   config.num_classes = 10          # classifier outputs (the trainer sets it from the dataset)
   # Data.
   config.dataset = "digits"        # see `launch.py --experiment=datasets`

@@ -157,24 +157,37 @@ def correlate_input_grad(g, w, spec: correlation.WindowSpec, x_shape, groups):
 
 
 WEIGHT_METHODS = ("auto", "conv", "taps")
-# "auto" takes "conv" below this many input channels per group (the 3-channel stem: conv 17 ms
-# vs taps 25 ms at batch 128, 32x32) and "taps" otherwise, where it won every shape measured on
-# the 2-core CPU: 1.3-2.1x on the CIFAR ResNet 3x3 layers, 28x on a 1x1 256->64, 90x on a
-# grouped 3x3 (docs/benchmarks.md, "Train step, side by side with PyTorch", item 1).
+# "auto" takes "taps" for grouped kernels, 1x1 kernels and from TAPS_MIN_CHANNELS to
+# TAPS_MAX_CHANNELS input channels per group, "conv" otherwise (resolve_weight_method).
 TAPS_MIN_CHANNELS = 8
+TAPS_MAX_CHANNELS = 16
 
 
-def resolve_weight_method(method: str, channels_per_group: int) -> str:
-  """``"auto"`` → ``"conv"`` or ``"taps"`` (see ``TAPS_MIN_CHANNELS``); others unchanged."""
+def resolve_weight_method(method: str, kernel_shape, channels_per_group: int,
+                          groups: int) -> str:
+  """``"auto"`` → ``"conv"`` or ``"taps"``, the faster on XLA's CPU backend; others unchanged.
+
+  Measured on the 2-core CPU with convolutions in Eigen (the trainer's default,
+  ``cnn_jax.train.steps.compiler_options``; docs/benchmarks.md, "Convolutions in Eigen, not
+  YNNPACK"). Alone, the conv form wins on ungrouped kernels wider than 1x1 (ResNet 3x3
+  layers 1.3-2x, the 3-channel stem 6x, 5x5 and 7x7 ~2x); it loses badly on grouped kernels (a
+  ``batch_group_count`` conv: 3x3 64->64 in 8 groups 279 ms vs 3 ms by taps) and roughly ties
+  on 1x1 kernels. Inside the whole ResNet-20 train step, where the weight gradient runs beside
+  the input gradient's conv, taps on the 16-channel layers and conv on the wider ones was the
+  fastest mix (114 images/s vs 108 all-conv and 111 taps from 8 channels up; same run).
+  """
   if method not in WEIGHT_METHODS:
     raise ValueError(f"weight_method={method!r} is not allowed: give one of "
                      f"{', '.join(WEIGHT_METHODS)}")
   if method == "auto":
-    return "taps" if channels_per_group >= TAPS_MIN_CHANNELS else "conv"
+    taps = (groups > 1 or all(k == 1 for k in kernel_shape)
+            or TAPS_MIN_CHANNELS <= channels_per_group <= TAPS_MAX_CHANNELS)
+    return "taps" if taps else "conv"
   return method
 
 
-def correlate_weight_grad_taps(x, g, spec: correlation.WindowSpec, kernel_shape, groups):
+def correlate_weight_grad_taps(x, g, spec: correlation.WindowSpec, kernel_shape, groups,
+                               batch_chunk: int | None = None):
   """``dL/dw`` of ``correlate`` as one matmul per kernel tap (no patch array in memory).
 
   ``dL/dw[t] = sum_{n, o} x_p[n, o*s + t*d]^T g[n, o]``: for tap ``t`` take the strided slice
@@ -183,8 +196,62 @@ def correlate_weight_grad_taps(x, g, spec: correlation.WindowSpec, kernel_shape,
   ``(C_in, N·P) @ (N·P, C_out)`` product (per group). Same sum as ``correlate_weight_grad``,
   ordered differently. Circular padding is the padded input itself (``pad_input``).
 
-  Args and Returns: as ``correlate_weight_grad``.
+  The sum over examples is split into chunks of ``batch_chunk`` examples, accumulated by a
+  ``lax.scan``: each tap's slice is a copy, and for a chunk the copies stay in the CPU's cache
+  instead of streaming the whole batch through memory once per tap. ``None`` picks the chunk
+  from the layer's size (``taps_batch_chunk``); the whole batch is one chunk when it is small.
+
+  Args and Returns: as ``correlate_weight_grad``; ``batch_chunk``: examples per chunk.
   """
+  n = x.shape[0]
+  chunk = batch_chunk or taps_batch_chunk(spec, x.shape, x.dtype.itemsize)
+  if chunk >= n:
+    return _weight_grad_taps(x, g, spec, kernel_shape, groups)
+  whole = n // chunk * chunk
+
+  # The running sum is kept in float32 at least, so that a bfloat16 layer's gradient is not
+  # rounded once per chunk.
+  dtype = jnp.result_type(x, g)
+  acc_dtype = jnp.promote_types(dtype, jnp.float32)
+
+  def add_chunk(total, chunk_xg):
+    return total + _weight_grad_taps(*chunk_xg, spec, kernel_shape, groups).astype(acc_dtype), None
+
+  chunks = (x[:whole].reshape(n // chunk, chunk, *x.shape[1:]),
+            g[:whole].reshape(n // chunk, chunk, *g.shape[1:]))
+  zeros = jnp.zeros((*kernel_shape, x.shape[-1] // groups, g.shape[-1]), acc_dtype)
+  dw, _ = lax.scan(add_chunk, zeros, chunks)
+  if whole < n:  # the examples left over after the last whole chunk
+    dw = dw + _weight_grad_taps(x[whole:], g[whole:], spec, kernel_shape, groups).astype(acc_dtype)
+  return dw.astype(dtype)
+
+
+# Chunking pays once a layer's padded input no longer fits the last-level cache. Measured on
+# the 2-core CPU (8 MiB L3, 512 KiB L2 per core): a grouped 3x3 128->128 in 32 groups, 16x16,
+# batch 64 (10.6 MB padded input) 88 ms whole vs 44 ms in chunks of 2 examples; 4 groups of
+# 64 channels at 32x32, batch 128: 210 vs 114 ms; the ResNet 32x32 16->16 taps 50 -> 28.5 ms
+# in chunks of 8; an 8x8 64->64 layer (3.3 MB) was fastest whole (docs/benchmarks.md,
+# "Weight gradient by taps, in cache-sized chunks").
+TAPS_CHUNK_ABOVE_BYTES = 4 * 2**20
+TAPS_CHUNK_BYTES = 640 * 2**10
+
+
+def taps_batch_chunk(spec: correlation.WindowSpec, x_shape, itemsize: int) -> int:
+  """Examples per chunk for ``correlate_weight_grad_taps``: the whole batch while its padded
+  input is at most ``TAPS_CHUNK_ABOVE_BYTES``, else the largest power of two whose padded
+  input fits in ``TAPS_CHUNK_BYTES`` (at least 1)."""
+  per_example = itemsize * x_shape[-1] * prod(
+      n + lo + hi for n, (lo, hi) in zip(x_shape[1:-1], spec.pads))
+  if per_example * x_shape[0] <= TAPS_CHUNK_ABOVE_BYTES:
+    return x_shape[0]
+  chunk = 1
+  while 2 * chunk * per_example <= TAPS_CHUNK_BYTES:
+    chunk *= 2
+  return chunk
+
+
+def _weight_grad_taps(x, g, spec: correlation.WindowSpec, kernel_shape, groups):
+  # One chunk of correlate_weight_grad_taps: every tap's matmul over all of x's examples.
   xp = correlation.pad_input(x, spec)
   c_per, c_out = x.shape[-1] // groups, g.shape[-1]
   g_flat = g.reshape(-1, groups, c_out // groups)
@@ -299,12 +366,12 @@ def correlate(x, w, *, stride=1, padding="VALID", dilation=1, groups=1, weight_m
       (``correlate_weight_grad_taps``).
 
   Args, Returns, Raises: as ``ops.correlate``; the checks are the same functions, run first.
-  One extra keyword, ``weight_method``: ``"conv"``, ``"taps"`` or ``"auto"`` (taps unless a
-  group has fewer than ``TAPS_MIN_CHANNELS`` input channels: the faster one on XLA's CPU).
+  One extra keyword, ``weight_method``: ``"conv"``, ``"taps"`` or ``"auto"`` (taps for grouped
+  or 1x1 kernels, else conv: the faster one on XLA's CPU, see ``resolve_weight_method``).
   """
   num_dims = correlation.check_kernel(x.shape, w.shape, groups)
   spec = correlation.window_spec(x.shape, w.shape[:num_dims], stride, padding, dilation)
-  method = resolve_weight_method(weight_method, w.shape[-2])
+  method = resolve_weight_method(weight_method, w.shape[:num_dims], w.shape[-2], groups)
   return _correlate(x, w, spec, groups, method)
 
 
@@ -341,7 +408,7 @@ def convolve(x, w, *, stride=1, padding="VALID", dilation=1, groups=1, weight_me
   """
   num_dims = correlation.check_kernel(x.shape, w.shape, groups)
   spec = correlation.window_spec(x.shape, w.shape[:num_dims], stride, padding, dilation)
-  method = resolve_weight_method(weight_method, w.shape[-2])
+  method = resolve_weight_method(weight_method, w.shape[:num_dims], w.shape[-2], groups)
   return _convolve(x, w, spec, groups, method)
 
 
