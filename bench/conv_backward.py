@@ -1,14 +1,17 @@
 """Which formulation of a 3x3 conv's forward and gradients is fastest on XLA CPU.
 
   python -m bench.conv_backward [--batch=128] [--layers=s1,s2,s3,strided] [--repeats=5]
-      [--json]
+      [--cpu_convolutions=xla_default] [--json]
 
 For each layer of a CIFAR ResNet (``s1``: 32x32, 16->16; ``s2``: 16x16, 32->32; ``s3``: 8x8,
 64->64; ``strided``: 32x32, 16->32, stride 2; all 3x3, padding 1, channels-last) it times,
 separately and jit-compiled, every formulation below, in interleaved order (one call of each
 formulation per round, ``repeats`` rounds) so that load from other processes is shared, and
 prints the median milliseconds and GFLOP/s (``2 N Ho Wo 9 C_in C_out`` per pass). Every
-formulation's result is checked against XLA's autodiff before it is timed.
+formulation's result is checked against XLA's autodiff before it is timed. Each function is
+jitted with the compiler options of ``--cpu_convolutions`` (``eigen``: the trainer's
+default, XLA's own Eigen convolutions; ``xla_default``: XLA's choice, YNNPACK above 16
+channels; see ``cnn_jax.train.steps.compiler_options``).
 
 Formulations (``x``: ``(N, H, W, C)``, ``w``: ``(3, 3, C, O)``, cotangent ``g``:
 ``(N, Ho, Wo, O)``):
@@ -144,7 +147,8 @@ def formulations(stride: int):
   }
 
 
-def study_layer(name: str, batch: int, repeats: int, only=None) -> dict:
+def study_layer(name: str, batch: int, repeats: int, only=None,
+                cpu_convolutions: str = "eigen") -> dict:
   """Times every formulation on one layer; returns ``{formulation: {"ms", "gflops"}}``."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -160,7 +164,10 @@ def study_layer(name: str, batch: int, repeats: int, only=None) -> dict:
   arrays["x_nchw"] = jnp.transpose(arrays["x"], (0, 3, 1, 2))
   arrays["w_oihw"] = jnp.transpose(arrays["w"], (3, 2, 0, 1))
   funcs = {k: v for k, v in formulations(stride).items() if only is None or k in only}
-  jitted = {k: (jax.jit(f), [arrays[a] for a in names]) for k, (f, names) in funcs.items()}
+  from cnn_jax.train import steps  # pylint: disable=g-import-not-at-top
+  options = steps.compiler_options(cpu_convolutions)
+  jitted = {k: (jax.jit(f, compiler_options=options), [arrays[a] for a in names])
+            for k, (f, names) in funcs.items()}
   reference = {}
   for key, (f, args) in jitted.items():
     out = f(*args).block_until_ready()
@@ -192,6 +199,8 @@ def main(argv=None):
   parser.add_argument("--layers", default="s1,s2,s3,strided")
   parser.add_argument("--only", default="", help="comma-separated formulations (default all)")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--cpu_convolutions", default="eigen", choices=("eigen", "xla_default"),
+                      help="which library XLA's CPU backend runs the convolutions with")
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
   layers = args.layers.split(",")
@@ -200,12 +209,15 @@ def main(argv=None):
       parser.error(f"--layers: {layer!r} is not allowed: give some of {', '.join(LAYERS)}")
   only = set(args.only.split(",")) | {"fwd/xla", "dx/autodiff", "dw/autodiff"} if args.only \
       else None
-  results = {layer: study_layer(layer, args.batch, args.repeats, only) for layer in layers}
+  results = {layer: study_layer(layer, args.batch, args.repeats, only, args.cpu_convolutions)
+             for layer in layers}
   load = os.getloadavg()[0]
   if args.json:
-    print(json.dumps({"batch": args.batch, "load_avg": load, "layers": results}))
+    print(json.dumps({"batch": args.batch, "cpu_convolutions": args.cpu_convolutions,
+                      "load_avg": load, "layers": results}))
     return
   print(f"batch {args.batch}, median of {args.repeats} interleaved rounds, "
+        f"cpu_convolutions={args.cpu_convolutions}, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load avg {load:.2f}")
   for layer, table in results.items():
     h, c_in, c_out, stride = LAYERS[layer]
