@@ -183,3 +183,54 @@ def test_bfloat16_taps_chunks_accumulate_in_float32(rng):
   assert got.dtype == jnp.bfloat16
   err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - want)))
   assert err <= 2 ** -7.5 * float(jnp.max(jnp.abs(want)))
+
+
+# (input channels, output channels, groups): which conv form dense_is_faster picks.
+GROUP_SHAPES = {
+    (32, 32, 8): True,    # 4 channels per group
+    (24, 24, 4): True,    # 6 per group, 4 groups
+    (60, 60, 4): True,    # 15 per group, 4 groups
+    (64, 64, 4): False,   # 16 per group
+    (40, 40, 5): False,   # 8 per group, 5 groups
+    (10, 20, 2): True,    # dL/dx reads 10 per group: also dense
+    (80, 20, 5): False,   # forward grouped (16 per group), dL/dx dense (4 per group)
+}
+
+
+@pytest.mark.parametrize("op_name", ("correlate", "convolve"))
+@pytest.mark.parametrize("c_in,c_out,groups", list(GROUP_SHAPES))
+def test_grouped_conv_forms_equal_autodiff_float64(rng, op_name, c_in, c_out, groups):
+  """Grouped kernels run as block-diagonal dense convs where ``dense_is_faster`` says so and as
+  grouped convs elsewhere; either way the values and both gradients equal ops' autodiff
+  (float64, 1e-10 as above). The jaxpr shows which form each of the three convs took."""
+  reference, fast = getattr(ops, op_name), getattr(hand, op_name)
+  args = dict(stride=1, padding="SAME")
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.standard_normal((2, 5, 6, c_in)))
+    w = jnp.asarray(rng.standard_normal((3, 3, c_in // groups, c_out)))
+    y_ref, vjp_ref = jax.vjp(lambda x_, w_: reference(x_, w_, groups=groups, **args), x, w)
+    y, vjp = jax.vjp(lambda x_, w_: fast(x_, w_, groups=groups, **args), x, w)
+    g = jnp.asarray(rng.standard_normal(y_ref.shape))
+    np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-10)
+    for got, want in zip(vjp(g), vjp_ref(g)):
+      np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    jaxpr = str(jax.make_jaxpr(lambda x_, w_: jax.vjp(
+        lambda a, b: fast(a, b, groups=groups, **args), x_, w_)[1](g))(x, w))
+  forward_dense = hand_correlation.dense_is_faster(c_in // groups, groups)
+  dx_dense = hand_correlation.dense_is_faster(c_out // groups, groups)
+  assert forward_dense == GROUP_SHAPES[(c_in, c_out, groups)]
+  # The weight gradient is taps (dots) for every grouped kernel; the two convs left are the
+  # forward and dL/dx, each grouped (feature_group_count=G) unless made dense.
+  counts = jaxpr.count(f"feature_group_count={groups}"), jaxpr.count("feature_group_count=1")
+  assert counts == (2 - forward_dense - dx_dense, forward_dense + dx_dense), counts
+
+
+def test_block_diagonal_kernel_is_zero_between_groups(rng):
+  w = jnp.asarray(rng.standard_normal((3, 2, 12)))  # 1-D kernel, 3 groups of 2 -> 4
+  dense = hand_correlation.block_diagonal(w, 3)
+  assert dense.shape == (3, 6, 12)
+  for j in range(3):
+    for k in range(3):
+      block = dense[:, 2 * j:2 * j + 2, 4 * k:4 * k + 4]
+      want = w[:, :, 4 * k:4 * k + 4] if j == k else jnp.zeros_like(block)
+      np.testing.assert_array_equal(block, want)
