@@ -10,8 +10,9 @@ or ``hand``), it builds the CIFAR ResNet (option A), initialises it, and times
 ``jax.jit(train_step).lower(...)`` (tracing to StableHLO) and ``.compile()`` (XLA) separately.
 The train step is forward + backward + an SGD-with-momentum update (optax), with BatchNorm in
 training mode, on a batch of ``--batch`` images of ``--image_size``² × 3, compiled with the
-trainer's XLA options (``cnn_jax.train.steps.compiler_options``): what the trainer compiles. With ``--steps=K`` it then runs the compiled step K times after one warm-up call and
-reports the median step time. Nothing is cached between measurements (fresh jit each time).
+trainer's XLA options (``cnn_jax.train.steps.compiler_options``): what the trainer compiles.
+With ``--steps=K`` it then runs the compiled step K times after one warm-up call and reports
+the median step time. Nothing is cached between measurements (fresh jit each time).
 Results go to stdout as a Markdown table for docs/benchmarks.md.
 """
 
