@@ -55,3 +55,19 @@ def test_torch_twin_has_same_parameter_count():
   flax_count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(variables["params"]))
   torch_count = sum(p.numel() for p in torch_twin.build_model(14).parameters())
   assert flax_count == torch_count
+
+
+def test_profile_step_sums_the_ops_of_a_real_trace(capsys):
+  """bench.profile_step profiles a tiny ResNet step and attributes time to XLA op kinds:
+  the convolutions appear under their kinds, and the op kinds' counts are per step."""
+  import json  # pylint: disable=g-import-not-at-top
+  from bench import profile_step  # pylint: disable=g-import-not-at-top
+  profile_step.main(["--depth=8", "--batch=4", "--image_size=8", "--steps=2", "--cores=0",
+                     "--json"])
+  result = json.loads(capsys.readouterr().out)
+  ops = result["ops"]
+  assert result["step_s"] > 0 and result["summed_ms_per_step"] > 0
+  # ResNet-8 has 7 convs + 2 shortcut pads; with Eigen convolutions (the default) XLA's own
+  # conv kind must be there, at least one forward conv per layer each step.
+  assert ops["conv_general_dilated"]["count_per_step"] >= 7
+  assert not any(kind.endswith(tuple("0123456789")) and "." in kind for kind in ops)
