@@ -1,7 +1,7 @@
 """ops.hand.correlate / convolve with each weight-gradient formulation equal autodiff.
 
 ``weight_method="conv"`` computes dL/dw as one correlation, ``"taps"`` as one matmul per
-kernel tap; ``"auto"`` picks by channels. The gradcheck grid runs only "auto"; here both
+kernel tap; ``"auto"`` picks by kernel size, groups and channels. The gradcheck grid runs only "auto"; here both
 formulations meet every padding mode, stride, dilation, groups and dimensionality.
 
 Every case draws fresh inputs from the ``rng`` fixture. The gradients are checked in float64
@@ -50,7 +50,7 @@ def _reference(x, w, args):
   return y, vjp
 
 
-# "auto" only chooses between these two (test_auto_method_picks_by_channels).
+# "auto" only chooses between these two (test_auto_method_picks_by_channels_groups_and_kernel).
 @pytest.mark.parametrize("method", ("conv", "taps"))
 @pytest.mark.parametrize("spatial,kernel,stride,padding,dilation,groups", CASES)
 def test_custom_vjp_equals_autodiff_float64(rng, spatial, kernel, stride, padding, dilation,

@@ -412,7 +412,9 @@ def correlate(x, w, *, stride=1, padding="VALID", dilation=1, groups=1, weight_m
 
   Args, Returns, Raises: as ``ops.correlate``; the checks are the same functions, run first.
   One extra keyword, ``weight_method``: ``"conv"``, ``"taps"`` or ``"auto"`` (taps for grouped
-  or 1x1 kernels, else conv: the faster one on XLA's CPU, see ``resolve_weight_method``).
+  kernels, 1x1 kernels and 8-16 input channels per group, else conv: the faster one on XLA's
+  CPU, see ``resolve_weight_method``). Narrow groups run their forward and dL/dx as a dense
+  conv with the block-diagonal kernel (``dense_is_faster``).
   """
   num_dims = correlation.check_kernel(x.shape, w.shape, groups)
   spec = correlation.window_spec(x.shape, w.shape[:num_dims], stride, padding, dilation)
