@@ -8,6 +8,7 @@ two processes) are in test_train_distributed.py.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -97,7 +98,21 @@ def test_cross_entropy_with_label_smoothing_matches_formula(rng):
 
 # ----------------------------------------------------------------------------- steps
 
-def test_train_step_is_one_sgd_step_on_the_batch_loss(rng):
+@contextlib.contextmanager
+def _as_a_run_compiles():
+  """Without conftest's test-wide ``jax_disable_most_optimizations``, as a run compiles."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.mark.parametrize("trainer_options", [False, True])
+def test_train_step_is_one_sgd_step_on_the_batch_loss(rng, trainer_options):
+  """``trainer_options``: compiled as the trainer compiles it (``steps.compiler_options()``:
+  LLVM level 2, Eigen convolutions), which must not change the math beyond rounding."""
   model = train_fakes.TinyCNN(num_classes=3)
   data = train_fakes.make_dataset(int(rng.integers(2 ** 31)))
   config = train_fakes.tiny_config(learning_rate=0.3, momentum=0.0, weight_decay=0.0,
@@ -111,9 +126,12 @@ def test_train_step_is_one_sgd_step_on_the_batch_loss(rng):
   state = jax.jit(init, out_shardings=sharding)()
   names = state_lib.layer_names(model, (8, 8, 1))
   _, prepare = train_fakes.data_functions()
+  with _as_a_run_compiles():
+    options = steps_lib.compiler_options() if trainer_options else None
+  assert not trainer_options or options["xla_backend_optimization_level"] == 2
   step = steps_lib.make_train_step(
       model, tx, schedule, prepare_batch=prepare, mean=data.mean, std=data.std, augment=False,
-      num_classes=3, layer_names=names, mesh=mesh, state_sharding=sharding)
+      num_classes=3, layer_names=names, mesh=mesh, state_sharding=sharding, xla_options=options)
   idx = rng.choice(len(data.x_train), 16, replace=False)
   batch = {"image": data.x_train[idx], "label": data.y_train[idx]}
 
@@ -128,7 +146,8 @@ def test_train_step_is_one_sgd_step_on_the_batch_loss(rng):
   want = jax.tree.map(lambda p, g: p - 0.3 * g, state.params, grads)
   want_norms = {n: float(np.sqrt(sum(np.sum(np.square(v)) for v in grads[n].values())))
                 for n in names}
-  new_state, metrics = step(state, sharding_lib.global_batch(batch, mesh, 16))
+  with _as_a_run_compiles() if trainer_options else contextlib.nullcontext():
+    new_state, metrics = step(state, sharding_lib.global_batch(batch, mesh, 16))
   # A second step reuses the compiled program (no retrace per step).
   step(jax.tree.map(jnp.copy, new_state), sharding_lib.global_batch(batch, mesh, 16))
   assert step._cache_size() == 1  # pylint: disable=protected-access
@@ -354,7 +373,32 @@ def test_cpu_convolutions_eigen_keeps_convolutions_out_of_ynnpack():
   assert "__ynn_fusion" in default_text  # the premise: XLA's default uses YNNPACK here
   assert "__ynn_fusion" not in eigen_text
   assert "convolution(" in eigen_text
-  assert steps_lib.compiler_options("xla_default") == {}
+  assert "xla_cpu_experimental_ynn_fusion_type" not in steps_lib.compiler_options("xla_default")
+
+
+@pytest.mark.parametrize("model_name,depth", [("resnet", 8), ("local", 2)])
+def test_state_created_with_fast_init_compile_options_is_bitwise_the_default(model_name, depth):
+  """``create_jitted`` compiles init at a lower LLVM level (``xla_options.optimization_level``,
+  for compile time); the parameters and optimizer state must be the same bits as XLA's default
+  compile gives, so runs and checkpoints are unchanged by it. Fresh seed each run."""
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  from cnn_jax import xla_options  # pylint: disable=g-import-not-at-top
+  from cnn_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.update(model=model_name, depth=depth, dataset="digits", image_size=8)
+  config = loop.resolve_config(config)
+  model = models.build(config)
+  tx = optim.make_optimizer(config, optim.make_schedule(config))
+  seed = int(np.random.default_rng().integers(1 << 30))
+  with _as_a_run_compiles():
+    assert xla_options.optimization_level()  # not empty on CPU: the two compiles differ
+    fast = state_lib.create_jitted(model, tx, (8, 8, 1), seed)
+    reference = jax.jit(lambda: state_lib.create(model, tx, (8, 8, 1), seed))()
+  fast_leaves, reference_leaves = jax.tree.leaves(fast), jax.tree.leaves(reference)
+  assert len(fast_leaves) == len(reference_leaves) > 2
+  for a, b in zip(fast_leaves, reference_leaves):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"seed {seed}")
 
 
 def test_cpu_convolutions_value_is_checked():

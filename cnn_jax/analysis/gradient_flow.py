@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax import xla_options
+
 
 def _is_mapping(node) -> bool:
   return isinstance(node, Mapping)
@@ -210,7 +212,8 @@ def gradient_flow_at_init(model, x, labels, *, key: jax.Array, train: bool = Tru
   The depth study's vanishing-gradient numbers: compare ``grad_norm`` of the first layers
   with the last ones, plain vs residual, as depth grows.
   """
-  variables = jax.jit(lambda k, v: model.init(k, v, train=False))(key, x)
+  variables = jax.jit(lambda k, v: model.init(k, v, train=False),
+                      compiler_options=xla_options.optimization_level())(key, x)
   _, grads = cross_entropy_gradients(model, variables, x, labels, train=train)
   order = call_order(model, variables, x, train=False)
   return gradient_flow(grads, variables["params"], order=order, leaf_names=leaf_names)

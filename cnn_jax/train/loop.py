@@ -312,8 +312,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
   window = {"loss": 0.0, "accuracy": 0.0, "steps": 0}
   wall_before = 0.0
   if resume_step is None:
-    state = jax.jit(lambda: state_lib.create(model, tx, input_shape, config.seed),
-                    out_shardings=state_sharding)()
+    state = state_lib.create_jitted(model, tx, input_shape, config.seed, state_sharding)
   else:
     state = ckpts.restore(resume_step, jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,

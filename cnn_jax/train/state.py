@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cnn_jax import xla_options
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -55,6 +57,14 @@ def create(model, tx: optax.GradientTransformation, input_shape: tuple[int, ...]
   batch_stats = variables.get("batch_stats", {})
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=tx.init(params), rng=state_key)
+
+
+def create_jitted(model, tx: optax.GradientTransformation, input_shape: tuple[int, ...],
+                  seed: int, out_shardings: Any = None) -> TrainState:
+  """``create`` compiled (``xla_options.optimization_level()``: the same bits, compiled
+  several times faster on CPU) and placed by ``out_shardings``."""
+  return jax.jit(lambda: create(model, tx, input_shape, seed), out_shardings=out_shardings,
+                 compiler_options=xla_options.optimization_level())()
 
 
 def layer_names(model, input_shape: tuple[int, ...]) -> list[str]:
