@@ -59,6 +59,15 @@ def define_flags(argv):
                       "Default: runs/<experiment>.")
   flags.DEFINE_multi_string("sweep", [], "FIELD=v1,v2,...; several flags form a grid.")
   flags.DEFINE_integer("parallel", 1, "Runs of a sweep at once, as separate processes.")
+  flags.DEFINE_enum("parallel_with", "auto", ["auto", "threads", "processes"],
+                    "With --parallel=N: run the N runs on threads of this process (they share "
+                    "XLA's thread pool; 1.2x faster than processes for short runs on 2 cores, "
+                    "docs/benchmarks.md) or each in its own process. auto: threads for "
+                    "experiments that allow them (train), processes for the others.")
+  flags.DEFINE_bool("pin_cores", False,
+                    "With --parallel=N processes: pin each to its own share of the cores "
+                    "(Linux). Off by default: unpinned, a run left alone at the end of a sweep "
+                    "uses every core (docs/benchmarks.md).")
   flags.DEFINE_bool("dry_run", False, "Print one command per run instead of running.")
   flags.DEFINE_bool("overwrite", False, "Run again even where summary.json says finished.")
   flags.DEFINE_bool("progress", True, "Progress bars (also off when not on a terminal).")
@@ -112,6 +121,7 @@ def main(argv):
       config.progress = bool(config.progress) and FLAGS.progress
     axes = runner.parse_sweeps(FLAGS.sweep, config)
     runs = runner.expand(config, axes)
+    threads = runner.parallel_with_threads(name, FLAGS.parallel_with)
   except runner.UsageError as e:
     fail(str(e))
   workdir = FLAGS.workdir or os.path.join("runs", name)
@@ -128,7 +138,7 @@ def main(argv):
       summary = runner.run_one(name, runs[0].config, workdir, overwrite=FLAGS.overwrite)
       return 0 if summary.get("ok", True) else 1
     summaries = runner.run_sweep(name, runs, workdir, parallel=FLAGS.parallel,
-                                 commands=commands)
+                                 commands=commands, threads=threads, pin_cores=FLAGS.pin_cores)
   except ValueError as e:  # a config that cannot work: one line, like any other misuse
     fail(str(e))
   rows = runner.collect(runs, summaries, workdir)

@@ -8,8 +8,11 @@ Each variant runs the same sweep through ``launch.py`` (``--experiment=train
 behind:
   * ``sequential``: ``--parallel=1``, the runs one after another in one process, each using
     all cores (XLA's intra-op threads);
-  * ``processes``: ``--parallel=P`` (P = the number of cores), one process per run, each
-    pinned to its own core;
+  * ``threads``: ``--parallel=P --parallel_with=threads`` (P = the number of cores), P runs
+    at once on threads of one process, sharing its XLA thread pool;
+  * ``processes``: ``--parallel=P --parallel_with=processes``, P runs at once, each its own
+    process, left to the OS scheduler (each process's XLA sizes its thread pool to all cores);
+  * ``processes_pinned``: the same with ``--pin_cores``: each process pinned to its own core;
   * ``fake_devices``: ``--parallel=1`` with ``XLA_FLAGS=--xla_force_host_platform_device_count=P``,
     every run data-parallel over P CPU "devices" (the trainer shards the batch over all
     devices).
@@ -31,28 +34,33 @@ import tempfile
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = ("sequential", "processes", "fake_devices")
+VARIANTS = ("sequential", "threads", "processes", "processes_pinned", "fake_devices")
 
 
-def sweep_command(workdir: str, depths: str, num_steps: int, parallel: int) -> list[str]:
+def sweep_command(workdir: str, depths: str, num_steps: int, parallel: int,
+                  parallel_with: str = "auto", pin_cores: bool = False) -> list[str]:
   return [sys.executable, os.path.join(REPO_ROOT, "launch.py"), "--experiment=train",
           "--config.model=resnet", "--config.dataset=digits", "--config.image_size=12",
           "--config.batch_size=64", f"--config.num_steps={num_steps}",
           f"--config.eval_every={num_steps}", f"--config.checkpoint_every={num_steps}",
           "--config.log_grad_norms_every=0", "--config.progress=false",
-          f"--sweep=depth={depths}", f"--workdir={workdir}", f"--parallel={parallel}"]
+          f"--sweep=depth={depths}", f"--workdir={workdir}", f"--parallel={parallel}",
+          f"--parallel_with={parallel_with}", f"--pin_cores={str(pin_cores).lower()}"]
 
 
 def run_variant(variant: str, depths: str, num_steps: int, cores: int) -> dict:
   env = dict(os.environ)
-  parallel = cores if variant == "processes" else 1
+  parallel = cores if variant.startswith(("processes", "threads")) else 1
   if variant == "fake_devices":
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={cores}"
                         " --xla_cpu_collective_call_terminate_timeout_seconds=600").strip()
   with tempfile.TemporaryDirectory(prefix=f"bench_sweep_{variant}_") as workdir:
     start = time.perf_counter()
-    done = subprocess.run(sweep_command(workdir, depths, num_steps, parallel), env=env,
+    command = sweep_command(workdir, depths, num_steps, parallel,
+                            "threads" if variant == "threads" else "processes",
+                            pin_cores=variant == "processes_pinned")
+    done = subprocess.run(command, env=env,
                           cwd=REPO_ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:

@@ -80,11 +80,16 @@ def check_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]],
 
 def train_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]], workdir: str,
                *, dataset=None, log: Callable[[str], None] = print) -> list[Run]:
-  """Trains every ``(name, config)`` into ``workdir/name`` unless already finished."""
+  """Trains every ``(name, config)`` into ``workdir/name`` unless already finished.
+
+  ``parallel_runs`` (a config field, default 2) runs train at once, on threads of this process
+  (``runner.map_in_threads``); one at a time for multi-process runs.
+  """
   from cnn_jax import train  # pylint: disable=g-import-not-at-top
   check_runs(named_configs, dataset)
-  runs = []
-  for name, config in named_configs:
+
+  def train_one(named: tuple[str, ml_collections.ConfigDict]) -> Run:
+    name, config = named
     run_dir = os.path.join(workdir, name)
     if runner.is_finished(run_dir):
       log(f"[skip] {name}: already finished")
@@ -92,9 +97,13 @@ def train_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]], w
     else:
       log(f"[run ] {name}")
       summary = train.train_and_evaluate(config, run_dir, dataset=dataset)
-    runs.append(Run(name, config, run_dir, summary, read_metrics(run_dir),
-                    read_metrics(run_dir, "grad_norms.jsonl")))
-  return runs
+    return Run(name, config, run_dir, summary, read_metrics(run_dir),
+               read_metrics(run_dir, "grad_norms.jsonl"))
+
+  configs = [config for _, config in named_configs]
+  single_process = all(c.get("num_processes", 1) == 1 for c in configs)
+  parallel = max(c.get("parallel_runs", 1) for c in configs) if single_process else 1
+  return runner.map_in_threads(train_one, list(named_configs), parallel)
 
 
 def parse_variants(text: str, config: ml_collections.ConfigDict) -> list[tuple[str, dict]]:

@@ -17,6 +17,11 @@ from cnn_jax.train import preflight
 from cnn_jax.train import train_and_evaluate
 
 
+# A sweep may train its runs on threads of one process (launch.py --parallel_with): nothing
+# here draws with pyplot or holds global state.
+RUNS_IN_THREADS = True
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """``cnn_jax.train.train_and_evaluate(config, workdir)``: the run's summary."""
   return train_and_evaluate(config, workdir)

@@ -28,6 +28,9 @@ def _launch(*args, cwd):
     (["--experiment=train", "--config.nope=3"], ["--config.nope is not a field"]),
     (["--experiment=train", "--config.depth=abc"], ["--config.depth=abc"]),
     (["--experiment=train", "--bogus=1"], ["bogus"]),
+    (["--experiment=summary", "--parallel_with=threads"],
+     ["--parallel_with=threads is not allowed for --experiment=summary", "pyplot"]),
+    (["--experiment=train", "--parallel_with=fibres"], ["parallel_with", "threads"]),
     (["--experiment=train", "--config.cpu_convolutions=mkl"],
      ["cpu_convolutions='mkl' is not allowed", "eigen, xla_default"]),
 ])
@@ -127,3 +130,43 @@ def test_parallel_sweep_runs_each_run_in_its_own_process(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["params"] > 0
   rows = (workdir / "results.csv").read_text().splitlines()
   assert rows[0].startswith("depth,") and len(rows) == 3
+
+
+def test_map_in_threads_keeps_order_uses_threads_and_raises_after_the_others_finish():
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  names, finished = set(), []
+
+  def work(item):
+    names.add(threading.current_thread().name)
+    time.sleep(0.05 * (3 - item))  # the first items finish last
+    if item == 1:
+      raise ValueError("run 1 failed")
+    finished.append(item)
+    return item * item
+
+  assert runner.map_in_threads(lambda i: i * i, [3, 1, 2], 2) == [9, 1, 4]
+  with pytest.raises(ValueError, match="run 1 failed"):
+    runner.map_in_threads(work, [0, 1, 2, 3], 2)
+  assert sorted(finished) == [0, 2, 3]  # the other runs still finished
+  assert len(names) == 2 and threading.main_thread().name not in names
+
+
+def test_threaded_train_sweep_gives_the_same_bits_as_one_run_after_another(tmp_path):
+  """Runs on threads share one XLA thread pool; each run's numbers must not depend on it."""
+  config = default.get_config()
+  config.update(model="simple_cnn", depth=1, dataset="digits", image_size=8, batch_size=32,
+                num_steps=4, eval_every=2, checkpoint_every=2, log_grad_norms_every=0,
+                progress=False)
+  runs = runner.expand(config, runner.parse_sweeps(["seed=0,1,2"], config))
+  threads_seen = []
+  record = lambda _: threads_seen.append(__import__("threading").current_thread().name)
+  threaded = runner.run_sweep("train", runs, str(tmp_path / "threads"), parallel=2,
+                              threads=True, progress=record)
+  one_by_one = runner.run_sweep("train", runs, str(tmp_path / "sequential"), parallel=1,
+                                progress=lambda _: None)
+  assert len(set(threads_seen)) == 2  # two worker threads ran them
+  for a, b in zip(threaded, one_by_one):
+    for key in ("train_loss", "test_loss", "test_accuracy", "steps"):
+      assert a[key] == b[key], key  # exact: the same programs on the same pool
+  assert len({s["test_loss"] for s in threaded}) == 3  # three different seeds

@@ -66,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.progress = True           # tqdm bar on a terminal (--noprogress: False)
   config.resume = True             # continue an unfinished run from its newest checkpoint
   config.overwrite = False         # train again in a workdir that holds a finished run
+  # Studies that train several runs (experiments/study.py) train this many at once, on threads
+  # of one process; each run's numbers are the same bits either way (docs/training.md).
+  config.parallel_runs = 2
   # Multi-host (jax.distributed); num_processes = 1 is a single-process run.
   config.coordinator_address = ""  # "host:port" of process 0
   config.num_processes = 1
