@@ -204,6 +204,13 @@ def run_one(name: str, config: ml_collections.ConfigDict, workdir: str, *,
   return summary
 
 
+def print_line(text: str) -> None:
+  """Prints ``text`` and its newline in one write (``print`` writes them apart, so lines from
+  runs on threads could share a line)."""
+  sys.stdout.write(text + "\n")
+  sys.stdout.flush()
+
+
 def map_in_threads(fn: Callable[[Any], Any], items: Sequence[Any], parallel: int) -> list[Any]:
   """``[fn(item) for item in items]``, ``parallel`` at a time on threads of this process.
 
@@ -256,7 +263,8 @@ def parallel_with_threads(name: str, parallel_with: str) -> bool:
 
 def run_sweep(name: str, runs: Sequence[RunSpec], root: str, *, parallel: int = 1,
               commands: Sequence[Sequence[str]] | None = None, threads: bool = False,
-              pin_cores: bool = False, progress: Callable[[str], None] = print) -> list[dict]:
+              pin_cores: bool = False,
+              progress: Callable[[str], None] | None = None) -> list[dict]:
   """Runs every run not finished yet, ``parallel`` at a time, and returns all summaries.
 
   With ``parallel > 1`` the runs go to ``parallel`` threads of this process (``threads``, see
@@ -264,6 +272,7 @@ def run_sweep(name: str, runs: Sequence[RunSpec], root: str, *, parallel: int = 
   ``pin_cores`` on Linux each of the ``parallel`` process slots is pinned to its own share of
   the cores (``sched_setaffinity``; XLA sizes its thread pool from the affinity mask).
   """
+  progress = progress or print_line
   pending = [i for i, r in enumerate(runs) if not is_finished(r.workdir(root))]
   for i, r in enumerate(runs):
     if i not in pending:

@@ -79,7 +79,7 @@ def check_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]],
 
 
 def train_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]], workdir: str,
-               *, dataset=None, log: Callable[[str], None] = print) -> list[Run]:
+               *, dataset=None, log: Callable[[str], None] = runner.print_line) -> list[Run]:
   """Trains every ``(name, config)`` into ``workdir/name`` unless already finished.
 
   ``parallel_runs`` (a config field, default 2) runs train at once, on threads of this process

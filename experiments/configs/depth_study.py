@@ -6,7 +6,7 @@
 The full study trains 20/32/44/56-layer nets with the paper's recipe (SGD momentum 0.9, lr 0.1
 ÷10 at 50% and 75%, weight decay 1e-4, batch 128, option A shortcuts). ``demo`` is the
 `make demo` job: 8/20/56 layers on scikit-learn's digits upsampled to 12×12, 200 steps each,
-which shows the degradation of the deep plain net in about 7 minutes on 2 CPU cores (at 16×16
+which shows the degradation of the deep plain net in about 5 minutes on 2 CPU cores (at 16×16
 the same study takes 11 minutes and shows the same: docs/experiments.md).
 """
 
