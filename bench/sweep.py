@@ -18,9 +18,9 @@ behind:
     devices).
 Prints the wall time of each, its speed-up over ``sequential`` and each run's own wall time
 (from its summary.json); ``--json`` prints one JSON object. The runs' final test accuracies
-are printed too. They are reproducible for a variant but differ between variants: the number
-of threads (or devices) changes the order of float sums, and at learning rate 0.1 a deep
-net's 100-step trajectory amplifies such rounding differences (docs/benchmarks.md).
+are printed too: the same bits for sequential, threads and unpinned processes (each run
+uses every core's thread); pinned processes and fake devices sum floats in another order,
+which a deep net's 100 steps at learning rate 0.1 amplify (docs/benchmarks.md).
 """
 
 from __future__ import annotations
