@@ -58,7 +58,7 @@ def define_flags(argv):
   flags.DEFINE_string("workdir", None, "Output folder of the run (or of the sweep). "
                       "Default: runs/<experiment>.")
   flags.DEFINE_multi_string("sweep", [], "FIELD=v1,v2,...; several flags form a grid.")
-  flags.DEFINE_integer("parallel", 1, "Runs of a sweep at once, as separate processes.")
+  flags.DEFINE_integer("parallel", 1, "Runs of a sweep at once (threads or processes: --parallel_with).")
   flags.DEFINE_enum("parallel_with", "auto", ["auto", "threads", "processes"],
                     "With --parallel=N: run the N runs on threads of this process (they share "
                     "XLA's thread pool; 8 short runs on 2 cores: 1.06x faster than one after "

@@ -9,9 +9,10 @@ from __future__ import annotations
 import jax
 
 # XLA compiles its CPU kernels with LLVM at level 3 by default. At level 2 the train steps
-# compile 25-35% faster and run as fast (ResNet-20/56, ResNeXt, simple_cnn, local, mlp), and a
-# model's init (the initialisers' threefry and erf_inv kernels: 3-9 s at level 3) compiles
-# 2.5-4.5x faster into the same bits (tests/test_train.py checks the bits).
+# compile 1.2-1.4x faster and run as fast (ResNet-20/56, ResNeXt, simple_cnn, local, mlp), and
+# a model's init (the initialisers' threefry and erf_inv kernels: 2-9 s at level 3) compiles
+# 2.4-3.6x faster into the same bits (python -m bench.llvm_level; tests/test_train.py checks
+# the bits).
 CPU_LLVM_LEVEL = 2
 
 

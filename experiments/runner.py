@@ -216,8 +216,9 @@ def map_in_threads(fn: Callable[[Any], Any], items: Sequence[Any], parallel: int
 
   For training runs: they share the process's XLA CPU thread pool (no oversubscription), and
   one run's single-threaded phases (compiling, Python dispatch, evaluation, checkpoints)
-  overlap another's multi-threaded steps. 8 short ResNet runs on 2 cores: 1.19x faster than
-  one after another, the same bits (docs/benchmarks.md). An exception is raised once the other
+  overlap another's multi-threaded steps. 8 short ResNet runs on 2 cores: 1.06-1.07x faster
+  than one after another through launch.py, 1.19x from one script; the same bits
+  (docs/benchmarks.md). An exception is raised once the other
   runs are done; Ctrl-C exits at once (code 130): every run resumes from its checkpoints.
   """
   if parallel <= 1 or len(items) <= 1:
