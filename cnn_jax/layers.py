@@ -198,5 +198,51 @@ class GlobalAvgPool(nn.Module):
     return ops.for_grad(self.grad).global_avg_pool(x)
 
 
+class BatchNorm(nn.Module):
+  """Batch normalisation over every axis but the channels, ``ops.batch_norm`` in training.
+
+  The variables are ``flax.linen.BatchNorm``'s (params ``scale``, ``bias``; ``batch_stats``
+  ``mean``, ``var``, float32), so checkpoints and parameter counts read the same. In training
+  (``use_running_average=False``) the batch statistics normalise ``x`` and update the running
+  averages, ``ra ← momentum·ra + (1 - momentum)·batch`` (not while initialising); otherwise the
+  running averages normalise it.
+
+  Attributes:
+    use_running_average: eval mode (may also be given to the call).
+    momentum: of the running averages.
+    epsilon: added to the variance.
+    dtype: of the output (default: the input's).
+    scale_init: of the scale (ones; zeros to start a residual branch at 0).
+    grad: ``"autodiff"`` or ``"hand"`` (``ops.hand.batch_norm``, channel sums as matmuls).
+  """
+  use_running_average: Optional[bool] = None
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Any = None
+  scale_init: Callable = nn.initializers.ones
+  grad: str = "autodiff"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: Optional[bool] = None) -> jax.Array:
+    use_running_average = nn.merge_param("use_running_average", self.use_running_average,
+                                         use_running_average)
+    channels = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+    dtype = x.dtype if self.dtype is None else self.dtype
+    if use_running_average:
+      inv_std = jax.lax.rsqrt(ra_var.value + self.epsilon)
+      y = ((x - ops.per_channel(ra_mean.value, x.ndim))
+           * ops.per_channel(inv_std * scale, x.ndim) + ops.per_channel(bias, x.ndim))
+      return y.astype(dtype)
+    y, mean, var = ops.for_grad(self.grad).batch_norm(x, scale, bias, epsilon=self.epsilon)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y.astype(dtype)
+
+
 # A dense layer is a matrix product, which every mode differentiates the same way.
 Dense = nn.Dense

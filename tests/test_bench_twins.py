@@ -71,3 +71,21 @@ def test_profile_step_sums_the_ops_of_a_real_trace(capsys):
   # conv kind must be there, at least one forward conv per layer each step.
   assert ops["conv_general_dilated"]["count_per_step"] >= 7
   assert not any(kind.endswith(tuple("0123456789")) and "." in kind for kind in ops)
+
+
+def test_batch_norm_bench_times_both_formulations_of_each_table(capsys):
+  """bench.batch_norm times reductions vs matmul sums and both BatchNorms for every shape;
+  with a tiny step it also times the hand step with either BatchNorm."""
+  import json  # pylint: disable=g-import-not-at-top
+  from bench import batch_norm  # pylint: disable=g-import-not-at-top
+  batch_norm.main(["--batch=2", "--repeats=1", "--step_depth=8", "--step_rounds=1", "--json"])
+  result = json.loads(capsys.readouterr().out)
+  assert set(result["sums_ms"]) == set(result["batch_norm_ms"]) == set(batch_norm.SHAPES)
+  for row in result["sums_ms"].values():
+    assert set(row) == {"reduce", "matmul_unfolded", "matmul_folded"}
+    assert all(ms > 0 for ms in row.values())
+  assert all(set(row) == {"autodiff", "hand"} for row in result["batch_norm_ms"].values())
+  assert set(result["step"]["images_per_s"]) == {"hand_convs_autodiff_bn", "hand_convs_hand_bn"}
+  # The swap is undone: the hand namespace has its own BatchNorm again.
+  from cnn_jax import ops  # pylint: disable=g-import-not-at-top
+  assert ops.for_grad("hand").batch_norm is not ops.batch_norm

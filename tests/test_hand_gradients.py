@@ -17,7 +17,7 @@ from experiments import gradcheck as gradcheck_experiment
 from experiments.configs import gradcheck as gradcheck_config
 
 OP_NAMES = ("correlate", "convolve", "locally_connected", "max_pool", "avg_pool",
-            "weighted_avg_pool", "lp_pool", "global_avg_pool", "global_max_pool",
+            "weighted_avg_pool", "lp_pool", "global_avg_pool", "global_max_pool", "batch_norm",
             "output_size", "gaussian_window", "flip_kernel")
 
 
@@ -37,7 +37,7 @@ def test_quick_grid_passes_and_experiment_writes_tables(rng, tmp_path):
              r["err_second"], r["note"]) for r in summary["failed"]]
   assert summary["ok"], failed
   assert summary["num_rows"] == len(gradcheck.quick_grid()) == len(summary["rows"])
-  assert {r["op"].split("(")[0] for r in summary["rows"]} == set(OP_NAMES[:9])
+  assert {r["op"].split("(")[0] for r in summary["rows"]} == set(OP_NAMES[:10])
   assert all(r["second_order_ok"] for r in summary["rows"])
   table = (tmp_path / "gradcheck.md").read_text()
   assert "all rows pass" in table and table.count("\n| ") == summary["num_rows"] + 1
@@ -46,7 +46,7 @@ def test_quick_grid_passes_and_experiment_writes_tables(rng, tmp_path):
 
 
 @pytest.mark.skipif(not os.environ.get("CNN_JAX_FULL_TESTS"),
-                    reason="full gradcheck grid (~480 rows, tens of minutes): make test-full")
+                    reason="full gradcheck grid (~485 rows, tens of minutes): make test-full")
 def test_full_grid_passes(rng):
   rows = gradcheck.run_grid("full", int(rng.integers(2 ** 31)))
   failed = [(r["op"], r["shapes"], r["padding"], r["err_autodiff"], r["err_fd"],

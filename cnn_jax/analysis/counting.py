@@ -93,7 +93,7 @@ def _record(module: nn.Module, x_shape, y_shape) -> Optional[LayerRecord]:
                        padding=((0, 0),) * len(spatial), dilation=(1,) * len(spatial), **common)
   if isinstance(module, nn.Dense):
     return LayerRecord(kind="dense", macs=_prod(y_shape) * x_shape[-1], **common)
-  if isinstance(module, nn.BatchNorm):
+  if isinstance(module, (layers.BatchNorm, nn.BatchNorm)):
     return LayerRecord(kind="norm", macs=0, **common)
   return None
 

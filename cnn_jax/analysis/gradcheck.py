@@ -50,8 +50,9 @@ class Case:
   Attributes:
     op: the op's name in ``cnn_jax.ops`` / ``cnn_jax.ops.hand``.
     x_shape: ``(N, *spatial, C)``.
-    param_shape: shape of the second differentiable argument (kernel ``w`` or pooling
-      ``weights``), or None for ops of ``x`` only.
+    param_shape: shape of the second differentiable argument (kernel ``w``, pooling
+      ``weights``, or batch norm's ``scale`` and ``bias`` stacked as ``(2, C)``), or None for
+      ops of ``x`` only.
     window: pooling window (None for the convolutions and global pools).
     stride, padding, dilation, groups: as the op takes them (None where it takes none).
     p: the Lp pool's exponent (None otherwise).
@@ -80,6 +81,12 @@ class Case:
       return fn(*args, self.window, self.p, self.stride, self.padding)
     if self.op == "weighted_avg_pool":
       return fn(*args, self.stride, self.padding)
+    if self.op == "batch_norm":
+      # One output vector, so that the VJP carries a cotangent into every returned array:
+      # y and the batch statistics (which feed the running averages).
+      x, scale_bias = args
+      y, mean, var = fn(x, scale_bias[0], scale_bias[1], epsilon=BATCH_NORM_EPSILON)
+      return jnp.concatenate([y.ravel(), mean, var])
     return fn(*args)  # global pools
 
   def inputs(self, rng: np.random.Generator) -> list[np.ndarray]:
@@ -108,7 +115,7 @@ class Case:
         "op": self.op if self.p is None else f"{self.op}(p={self.p:g})",
         "shapes": "x" + _fmt(self.x_shape) + (
             "" if self.param_shape is None else
-            (" w" if self.op != "weighted_avg_pool" else " weights") + _fmt(self.param_shape)),
+            " " + _PARAM_NAMES.get(self.op, "w") + _fmt(self.param_shape)),
         "dims": len(self.x_shape) - 2,
         "window": "" if self.window is None else _fmt(self.window),
         "stride": "" if self.stride is None else _fmt(self.stride),
@@ -135,6 +142,10 @@ def _fmt(value) -> str:
 # Per number of spatial dims: input spatial size (no size divisible by every stride) and a
 # kernel (non-square where possible) that fits even when dilated by 2.
 _SPATIAL = {1: (10,), 2: (7, 6), 3: (5, 5, 4)}
+_PARAM_NAMES = {"weighted_avg_pool": "weights", "batch_norm": "scale,bias"}
+# Small against the unit-variance inputs, so the op is far from dividing by ~0, and big enough
+# that it still shows in the gradient (a wrong epsilon term would fail the check).
+BATCH_NORM_EPSILON = 1e-3
 _KERNEL = {1: (3,), 2: (3, 2), 3: (2, 3, 2)}
 _POOL_WINDOW = {1: (3,), 2: (3, 2), 3: (2, 2, 2)}
 _PADDINGS = ("VALID", "SAME", "FULL", "CIRCULAR", 1, "pairs")
@@ -172,7 +183,7 @@ def _pool_case(op, num_dims, window, stride, padding, p=None) -> Case:
 
 
 def quick_grid() -> list[Case]:
-  """27 configurations touching every op, dimension, padding mode and feature at least once.
+  """28 configurations touching every op, dimension, padding mode and feature at least once.
 
   Sized for the test suite (about 40 s of CPU with ``jax_disable_most_optimizations``).
   """
@@ -204,11 +215,16 @@ def quick_grid() -> list[Case]:
   for num_dims in (1, 2, 3):
     x_shape = (_BATCH,) + _SPATIAL[num_dims] + (3,)
     cases += [Case("global_avg_pool", x_shape), Case("global_max_pool", x_shape)]
+  cases.append(_batch_norm_case(2))
   return [c for c in cases if c is not None]
 
 
+def _batch_norm_case(num_dims) -> Case:
+  return Case("batch_norm", (_BATCH,) + _SPATIAL[num_dims] + (3,), param_shape=(2, 3))
+
+
 def full_grid() -> list[Case]:
-  """The product grid, about 450 rows (tens of minutes on a 2-core CPU).
+  """The product grid, about 485 rows (tens of minutes on a 2-core CPU).
 
   correlate: dims × stride {1,2,3} × 6 paddings × (dilation, groups) in {(1,1), (2,2),
   (1,depthwise)}; convolve: dims × stride {1,2} × paddings at dilation 2, groups 2;
@@ -237,7 +253,8 @@ def full_grid() -> list[Case]:
                             p=(1.0, 2.0, 3.5)[index % 3]))
   for num_dims in (1, 2, 3):
     x_shape = (_BATCH,) + _SPATIAL[num_dims] + (3,)
-    cases += [Case("global_avg_pool", x_shape), Case("global_max_pool", x_shape)]
+    cases += [Case("global_avg_pool", x_shape), Case("global_max_pool", x_shape),
+              _batch_norm_case(num_dims)]
   return [c for c in cases if c is not None]
 
 
@@ -387,7 +404,7 @@ def run_grid(name: str = "quick", seed: int = 0, *, cases: Sequence[Case] | None
   """Checks every case of grid ``name`` (or the given ``cases``) with fresh inputs.
 
   Args:
-    name: ``"quick"`` (27 rows, about a minute) or ``"full"`` (about 450 rows, tens of
+    name: ``"quick"`` (28 rows, about a minute) or ``"full"`` (about 485 rows, tens of
       minutes on a 2-core CPU).
     seed: seeds the NumPy generator that draws every input, cotangent and FD direction.
     cases: overrides the grid.

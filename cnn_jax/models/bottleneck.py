@@ -61,11 +61,12 @@ class BottleneckBlock(nn.Module):
     conv = functools.partial(layers.Conv, padding="SAME", use_bias=False, grad=self.grad,
                              dtype=dtype)
     y = conv(self.inner_features, 1, name="conv1")(x)
-    y = nn.relu(stages.batch_norm(train, dtype, name="bn1")(y))
+    y = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad)(y))
     y = conv(self.inner_features, 3, strides=self.strides, groups=self.groups, name="conv2")(y)
-    y = nn.relu(stages.batch_norm(train, dtype, name="bn2")(y))
+    y = nn.relu(stages.batch_norm(train, dtype, name="bn2", grad=self.grad)(y))
     y = conv(self.features, 1, name="conv3")(y)
-    y = stages.batch_norm(train, dtype, name="bn3", zero_scale=self.zero_init_residual)(y)
+    y = stages.batch_norm(train, dtype, name="bn3",
+                          zero_scale=self.zero_init_residual, grad=self.grad)(y)
     if self.residual:
       y = y + stages.shortcut(x, features=self.features, strides=self.strides,
                               kind=self.shortcut, train=train, grad=self.grad, dtype=dtype)
@@ -131,7 +132,7 @@ class BottleneckResNet(nn.Module):
     dtype = stages.compute_dtype(self.dtype)
     x = layers.Conv(self.stem_features, 3, strides=self.first_stride, padding="SAME",
                     use_bias=False, grad=self.grad, dtype=dtype, name="conv1")(x)
-    x = nn.relu(stages.batch_norm(train, dtype, name="bn1")(x))
+    x = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad)(x))
     if self.block_form == "grouped":
       block_cls = BottleneckBlock
     else:

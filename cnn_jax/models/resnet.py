@@ -48,9 +48,10 @@ class BasicBlock(nn.Module):
     conv = functools.partial(layers.Conv, self.features, 3, padding="SAME", use_bias=False,
                              groups=self.groups, grad=self.grad, dtype=dtype)
     y = conv(strides=self.strides, name="conv1")(x)
-    y = nn.relu(stages.batch_norm(train, dtype, name="bn1")(y))
+    y = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad)(y))
     y = conv(name="conv2")(y)
-    y = stages.batch_norm(train, dtype, name="bn2", zero_scale=self.zero_init_residual)(y)
+    y = stages.batch_norm(train, dtype, name="bn2",
+                          zero_scale=self.zero_init_residual, grad=self.grad)(y)
     if self.residual:
       y = y + stages.shortcut(x, features=self.features, strides=self.strides,
                               kind=self.shortcut, train=train, grad=self.grad, dtype=dtype)
@@ -116,7 +117,7 @@ class ResNet(nn.Module):
     dtype = stages.compute_dtype(self.dtype)
     x = layers.Conv(self.width, 3, strides=self.first_stride, padding="SAME", use_bias=False,
                     grad=self.grad, dtype=dtype, name="conv1")(x)
-    x = nn.relu(stages.batch_norm(train, dtype, name="bn1")(x))
+    x = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad)(x))
     for i in range(3):
       block = functools.partial(
           BasicBlock, features=self.width * 2 ** i, residual=self.residual,

@@ -54,11 +54,12 @@ class SplitBlock(nn.Module):
     merged = 0
     for i in range(self.groups):
       y = conv(width, 1, name=f"branch{i}_conv1")(x)
-      y = nn.relu(stages.batch_norm(train, dtype, name=f"branch{i}_bn1")(y))
+      y = nn.relu(stages.batch_norm(train, dtype, name=f"branch{i}_bn1", grad=self.grad)(y))
       y = conv(width, 3, strides=self.strides, name=f"branch{i}_conv2")(y)
-      y = nn.relu(stages.batch_norm(train, dtype, name=f"branch{i}_bn2")(y))
+      y = nn.relu(stages.batch_norm(train, dtype, name=f"branch{i}_bn2", grad=self.grad)(y))
       merged = merged + conv(self.features, 1, name=f"branch{i}_conv3")(y)
-    y = stages.batch_norm(train, dtype, name="bn3", zero_scale=self.zero_init_residual)(merged)
+    y = stages.batch_norm(train, dtype, name="bn3",
+                          zero_scale=self.zero_init_residual, grad=self.grad)(merged)
     if self.residual:
       y = y + stages.shortcut(x, features=self.features, strides=self.strides,
                               kind=self.shortcut, train=train, grad=self.grad, dtype=dtype)

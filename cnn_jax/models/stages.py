@@ -31,15 +31,17 @@ DOWNSAMPLES = ("conv", "pool")
 MIN_SCANNED_BLOCKS = 3
 
 
-def batch_norm(train: bool, dtype, *, name: str, zero_scale: bool = False) -> nn.BatchNorm:
+def batch_norm(train: bool, dtype, *, name: str, zero_scale: bool = False,
+               grad: str = "autodiff") -> layers.BatchNorm:
   """BatchNorm with running statistics in ``batch_stats`` (momentum 0.9, as He et al.'s Torch).
 
   ``zero_scale`` starts the scale at 0, so the branch it ends outputs 0 at init and its block
   starts as the identity (Goyal et al. 2017; the lesson's "identity mappings as a start").
+  ``grad="hand"`` uses ``ops.hand.batch_norm`` (hand backward, channel sums as matmuls).
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
-                      name=name)
+  return layers.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                          dtype=dtype, grad=grad, name=name,
+                          scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones)
 
 
 def subsample_and_pad(x: jax.Array, strides: int, features: int) -> jax.Array:
@@ -70,7 +72,7 @@ def shortcut(x: jax.Array, *, features: int, strides: int, kind: str, train: boo
     return subsample_and_pad(x, strides, features)
   y = layers.Conv(features, 1, strides=strides, use_bias=False, grad=grad, dtype=dtype,
                   name="shortcut_conv")(x)
-  return batch_norm(train, dtype, name="shortcut_bn")(y)
+  return batch_norm(train, dtype, name="shortcut_bn", grad=grad)(y)
 
 
 class _ScanBody(nn.Module):

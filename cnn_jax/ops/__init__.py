@@ -1,4 +1,4 @@
-"""The op library: convolutions and pools as pure, jit-able, differentiable functions.
+"""The op library: convolutions, pools and batch normalisation as pure, differentiable functions.
 
 ``from cnn_jax import ops``, then ``ops.correlate``, ``ops.convolve``, ``ops.max_pool`` …
 Everything here is channels-last, ``(N, *spatial, C)``, for 1, 2 and 3 spatial dimensions, and
@@ -16,6 +16,7 @@ from cnn_jax.ops.correlation import (
     flip_kernel,
     locally_connected,
 )
+from cnn_jax.ops.normalization import batch_norm, per_channel
 from cnn_jax.ops.pooling import (
     avg_pool,
     gaussian_window,
