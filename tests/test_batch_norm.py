@@ -132,3 +132,39 @@ def test_hand_layer_gradients_equal_autodiff_in_a_small_network(rng):
     # of ~1e-14 (float64 eps 2e-16 x a few hundred terms x their size): atol 1e-11.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11),
                  grads("hand"), grads("autodiff"))
+
+
+def test_hand_layer_in_bfloat16_keeps_float32_statistics_and_rounds_only_at_the_end(rng):
+  # Mixed precision: bfloat16 activations in and out, statistics and parameter gradients in
+  # float32. Against the float32 computation on the same (bfloat16-valued) input, only the
+  # final roundings to bfloat16 differ: 8-bit mantissa, relative 2^-9 per entry; 2^-7 of the
+  # largest entry leaves room for a few roundings and is far below any formula error.
+  x = jnp.asarray(rng.normal(loc=0.7, scale=1.5, size=(16, 4, 4, 8)), jnp.bfloat16)
+  w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  layer = layers.BatchNorm(use_running_average=False, grad="hand", dtype=jnp.bfloat16)
+  variables = layer.init(jax.random.key(0), x)
+  params = {"scale": jnp.asarray(rng.normal(size=8), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=8), jnp.float32)}
+
+  def loss(params, x, module):
+    y, updates = module.apply({"params": params, **{k: v for k, v in variables.items()
+                                                    if k != "params"}},
+                              x, mutable=["batch_stats"])
+    return jnp.vdot(w, y.astype(jnp.float32)), (y, updates)
+
+  (_, (y, updates)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+      params, x, layer)
+  reference = layers.BatchNorm(use_running_average=False, grad="autodiff", dtype=jnp.float32)
+  (_, (y_ref, updates_ref)), grads_ref = jax.value_and_grad(
+      loss, argnums=(0, 1), has_aux=True)(params, x.astype(jnp.float32), reference)
+  assert y.dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves((updates, grads[0])))
+  # y and dL/dx are rounded to bfloat16 on the way out; the cotangent of y arrives rounded to
+  # bfloat16 too (the VJP of the layer's cast), so the parameter gradients see that rounding.
+  for got, want in [(y, y_ref), (grads[1], grads_ref[1]), (grads[0]["scale"],
+                    grads_ref[0]["scale"]), (grads[0]["bias"], grads_ref[0]["bias"])]:
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    assert np.max(np.abs(got - want)) <= 2 ** -7 * np.max(np.abs(want))
+  # The statistics see the same input values in float32: float32 rounding only (~1e-6).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               updates, updates_ref)
