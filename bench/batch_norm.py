@@ -91,7 +91,8 @@ def run(args) -> dict:
 
   if args.step_depth:
     from bench import train_step  # pylint: disable=g-import-not-at-top
-    step_args = train_step._parse([f"--depth={args.step_depth}", f"--batch={args.batch}",  # pylint: disable=protected-access
+    # pylint: disable=protected-access
+    step_args = train_step._parse([f"--depth={args.step_depth}", f"--batch={args.batch}",
                                    "--grad=hand"])
     model, _ = train_step.build_model(step_args, "hand")
     runners = {}
@@ -103,7 +104,7 @@ def run(args) -> dict:
     times = {name: [] for name in runners}
     for _ in range(args.step_rounds):
       for name, step in runners.items():
-        times[name].append(train_step._time_steps(step, 2, lambda out: out.block_until_ready()))  # pylint: disable=protected-access
+        times[name].append(train_step._time_steps(step, 2, lambda out: out.block_until_ready()))
     result["step"] = {"depth": args.step_depth, "rounds": args.step_rounds,
                       "images_per_s": {name: args.batch / statistics.median(t)
                                        for name, t in times.items()}}

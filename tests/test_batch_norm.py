@@ -28,7 +28,8 @@ def test_reference_normalises_each_channel_over_batch_and_positions(rng, shape):
   # float64 throughout: only rounding separates the two computations.
   np.testing.assert_allclose(mean, flat.mean(0), rtol=1e-12, atol=1e-12)
   np.testing.assert_allclose(var, flat.var(0), rtol=1e-12)
-  want = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + epsilon) * np.asarray(scale) + np.asarray(bias)
+  want = ((flat - flat.mean(0)) / np.sqrt(flat.var(0) + epsilon) * np.asarray(scale)
+          + np.asarray(bias))
   np.testing.assert_allclose(np.asarray(y).reshape(-1, shape[-1]), want, rtol=1e-10, atol=1e-12)
 
 
