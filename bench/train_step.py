@@ -3,7 +3,7 @@
   python -m bench.train_step --model=resnet --depth=20 --batch=128 [--json] \
       [--compare=torch] [--torch_threads=T,...] [--steps=N] [--repeats=R]
       [--grad=autodiff,hand,...] [--devices=D,...] [--cpu_convolutions=eigen,xla_default]
-      [--[no]scan] [--compile_only] [--matmul]
+      [--[no]scan] [--compile_only] [--matmul [--matmul_size=4096]]
 
 prints images/s, achieved GFLOP/s (``3 x forward FLOPs x images/s``: the backward pass of a
 conv costs two forward-sized products, one per operand) and the jit compile time of the step.
@@ -14,8 +14,9 @@ donated, so the figure is the model's compute, not the input pipeline's. With
 ``--compare=torch`` the PyTorch twin (``bench.torch_twin``) is timed in the same process, in
 alternating repetitions (JAX ``steps`` steps, then torch ``steps`` steps, ``repeats`` times),
 so load from other processes on a shared machine hits both alike; the ratio of medians is
-printed. ``--matmul`` measures the float32 matmul rate in the same run and prints the step's
-GFLOP/s as a fraction of it.
+printed. ``--matmul`` measures the float32 matmul rate in the same run (a ``--matmul_size``²
+product, 4096 by default; JAX reaches the machine's rate only on large products) and prints
+the step's GFLOP/s as a fraction of the faster of JAX's and NumPy's.
 
 The model is ``cnn_jax.models.build(config)`` (the project's model) when that package is
 importable, else the bench's own twin ``bench.resnet_twin.TwinResNet`` (same architecture as
@@ -77,13 +78,17 @@ def _parse(argv):
   parser.add_argument("--compile_only", action="store_true",
                       help="only compile the JAX step(s) and print the compile time")
   parser.add_argument("--matmul", action="store_true", help="measure matmul GFLOP/s too")
+  parser.add_argument("--matmul_size", type=int, default=4096,
+                      help="side of the --matmul product (4096: the machine's large-matmul "
+                           "rate; 1024 was used before the fifth session and is ~25%% lower "
+                           "in JAX)")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   if args.model != "resnet":
     parser.error(f"--model={args.model!r} is not allowed: only 'resnet' is benchmarked")
   if args.compare not in ("", "torch"):
     parser.error(f"--compare={args.compare!r} is not allowed: give 'torch' or leave it out")
-  for name in ("batch", "steps", "repeats", "image_size"):
+  for name in ("batch", "steps", "repeats", "image_size", "matmul_size"):
     if getattr(args, name) < 1:
       parser.error(f"--{name}={getattr(args, name)} is not allowed: give an int >= 1")
   try:
@@ -305,7 +310,8 @@ def run(args) -> dict:
       variant["over_torch"] = variant["images_per_s"] / result["torch_images_per_s"]
   if args.matmul:
     from bench import matmul  # pylint: disable=g-import-not-at-top
-    peak = matmul.measure(size=1024, repeats=5)
+    peak = matmul.measure(size=args.matmul_size, repeats=3)
+    result["matmul_size"] = args.matmul_size
     result["matmul_gflops"] = peak["jax_gflops"]
     result["numpy_matmul_gflops"] = peak["numpy_gflops"]
     best = max(peak["jax_gflops"], peak["numpy_gflops"])
@@ -344,7 +350,8 @@ def main(argv=None):
       line += f"  {100 * v['fraction_of_matmul']:.0f}% of matmul"
     print(line)
   if "matmul_gflops" in result:
-    print(f"  matmul 1024^2 in the same run: JAX {result['matmul_gflops']:.1f}, NumPy "
+    print(f"  matmul {result['matmul_size']}^2 in the same run: JAX "
+          f"{result['matmul_gflops']:.1f}, NumPy "
           f"{result['numpy_matmul_gflops']:.1f} GFLOP/s")
 
 if __name__ == "__main__":
