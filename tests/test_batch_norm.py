@@ -169,3 +169,47 @@ def test_hand_layer_in_bfloat16_keeps_float32_statistics_and_rounds_only_at_the_
   # The statistics see the same input values in float32: float32 rounding only (~1e-6).
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                updates, updates_ref)
+
+
+_SHARDED_SCRIPT = r"""
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+from cnn_jax.ops import hand
+rng = np.random.default_rng(int(sys.argv[1]))
+x = jnp.asarray(rng.normal(loc=0.5, scale=2.0, size=(8, 6, 6, 16)))
+w = jnp.asarray(rng.normal(size=x.shape))
+scale, bias = jnp.asarray(rng.normal(size=(2, 16)))
+def loss(x, s, b):
+  y, mean, var = hand.batch_norm(x, s, b)
+  return jnp.vdot(w, y) + jnp.vdot(mean, var)
+fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+hlo = fn.lower(sharded, scale, bias).compile().as_text()
+(l1, g1), (l4, g4) = fn(x, scale, bias), fn(sharded, scale, bias)
+diff = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+           for a, b in zip((l4, *g4), (l1, *g1)))
+print(json.dumps({"devices": len(jax.devices()), "all_reduce": "all-reduce" in hlo,
+                  "x_grad_sharded": len(g4[0].sharding.device_set), "rel_diff": diff}))
+"""
+
+
+def test_hand_batch_norm_on_a_batch_sharded_over_four_devices_matches_one_device(rng):
+  # The trainer shards the batch over every device; the channel sums, matmuls over rows of
+  # the merged (batch, positions) axis, must then become per-device sums and an all-reduce.
+  # In another process: fake CPU devices only exist if XLA_FLAGS is set before jax starts.
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(rng.integers(2 ** 31))],
+                        cwd=repo, capture_output=True, text=True, timeout=300, check=True)
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  assert result["devices"] == 4 and result["all_reduce"] and result["x_grad_sharded"] == 4
+  # float64, the same sums split over devices: rounding only (~1e-15).
+  assert result["rel_diff"] < 1e-12
