@@ -3,6 +3,7 @@
   python -m bench.train_step --model=resnet --depth=20 --batch=128 [--json] \
       [--compare=torch] [--torch_threads=T,...] [--steps=N] [--repeats=R]
       [--grad=autodiff,hand,...] [--devices=D,...] [--cpu_convolutions=eigen,xla_default]
+      [--dtype=float32,bfloat16]
       [--[no]scan] [--compile_only] [--matmul [--matmul_size=4096]]
 
 prints images/s, achieved GFLOP/s (``3 x forward FLOPs x images/s``: the backward pass of a
@@ -75,6 +76,9 @@ def _parse(argv):
                       help="comma-separated: eigen (the trainer's default: XLA's CPU backend "
                       "runs convolutions with Eigen), xla_default (XLA's choice: YNNPACK above "
                       "16 channels); see cnn_jax.train.steps.compiler_options")
+  parser.add_argument("--dtype", default="float32",
+                      help="comma-separated compute dtypes of the project model: float32, "
+                      "bfloat16 (parameters stay float32; the twin is float32 only)")
   parser.add_argument("--compile_only", action="store_true",
                       help="only compile the JAX step(s) and print the compile time")
   parser.add_argument("--matmul", action="store_true", help="measure matmul GFLOP/s too")
@@ -106,6 +110,12 @@ def _parse(argv):
     args.devices_list = [int(d) for d in args.devices.split(",")]
   except ValueError:
     parser.error(f"--devices={args.devices!r} is not allowed: give comma-separated ints >= 1")
+  args.dtype_list = args.dtype.split(",")
+  for value in args.dtype_list:
+    if value not in ("float32", "bfloat16"):
+      parser.error(f"--dtype: {value!r} is not allowed: give some of float32, bfloat16")
+  if args.dtype_list != ["float32"] and args.impl == "twin":
+    parser.error("--dtype: the bench twin computes in float32 only; use --impl=project")
   args.cpu_convolutions_list = args.cpu_convolutions.split(",")
   for value in args.cpu_convolutions_list:
     if value not in ("eigen", "xla_default"):
@@ -123,10 +133,11 @@ def _parse(argv):
   return args
 
 
-def build_model(args, grad):
+def build_model(args, grad, dtype="float32"):
   """The project model if importable (or asked for), else the bench twin; returns (model, name).
 
-  ``grad`` is one of ``GRADS``; the "hand-*" variants differ only for the twin.
+  ``grad`` is one of ``GRADS``; the "hand-*" variants differ only for the twin. ``dtype``:
+  the project model's compute dtype (``config.dtype``).
   """
   if args.impl in ("auto", "project"):
     try:
@@ -139,11 +150,13 @@ def build_model(args, grad):
       config = default.get_config()
       config.model, config.depth = "resnet", args.depth
       config.grad = "hand" if grad.startswith("hand") else "autodiff"
-      config.shortcut, config.image_size = "A", args.image_size
+      config.shortcut, config.image_size, config.dtype = "A", args.image_size, dtype
       config.scan_blocks = config.grad == "hand" if args.scan is None else args.scan
       with config.unlocked():
         config.num_classes = 10
       return models.build(config), "cnn_jax.models"
+  if dtype != "float32":
+    raise ValueError(f"dtype={dtype!r}: the bench twin computes in float32 only")
   from bench import resnet_twin  # pylint: disable=g-import-not-at-top
   correlate = resnet_twin.ops.correlate
   if grad.startswith("hand"):
@@ -225,10 +238,10 @@ def _time_steps(step, steps, wait):
 
 
 def _variants(args):
-  """(grad, devices, cpu_convolutions) to time, from the comma-separated ``--grad``,
-  ``--devices`` and ``--cpu_convolutions``."""
-  return [(g, d, c) for c in args.cpu_convolutions_list for d in args.devices_list
-          for g in args.grad_list]
+  """(grad, devices, cpu_convolutions, dtype) to time, from the comma-separated ``--grad``,
+  ``--devices``, ``--cpu_convolutions`` and ``--dtype``."""
+  return [(g, d, c, t) for t in args.dtype_list for c in args.cpu_convolutions_list
+          for d in args.devices_list for g in args.grad_list]
 
 
 def run(args) -> dict:
@@ -253,17 +266,20 @@ def run(args) -> dict:
 
   runners, compile_seconds, impl = {}, {}, None
   from cnn_jax.train import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  for grad, devices, cpu_convolutions in _variants(args):
+  for grad, devices, cpu_convolutions, dtype in _variants(args):
     label = f"jax_{grad}_{devices}dev"
     if len(args.cpu_convolutions_list) > 1:
       label += f"_{cpu_convolutions}"
-    model, impl = build_model(args, grad)
+    if dtype != "float32":
+      label += f"_{dtype}"
+    model, impl = build_model(args, grad, dtype)
     step, compile_seconds[label] = make_jax_trainer(
         model, args.batch, args.image_size, devices, run_once=not args.compile_only,
         xla_options=steps_lib.compiler_options(cpu_convolutions))
     runners[label] = (step, lambda out: out.block_until_ready())
   if args.compile_only:
     return {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,
+            "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
             "compile_s": compile_seconds[next(iter(compile_seconds))],
             "variants": {k: {"compile_s": v} for k, v in compile_seconds.items()},
             "load_avg": os.getloadavg()[0]}
@@ -297,6 +313,7 @@ def run(args) -> dict:
       variants[name]["compile_s"] = compile_seconds[name]
   first = next(iter(compile_seconds))
   result = {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,
+            "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
             "jax_devices": len(jax.devices()), "forward_mflops_per_image": flops / 1e6,
             "images_per_s": variants[first]["images_per_s"],
             "gflops": variants[first]["gflops"], "compile_s": compile_seconds[first],
@@ -334,7 +351,8 @@ def main(argv=None):
   if args.json:
     print(json.dumps(result))
     return
-  print(f"{result['model']} ({result['impl']}), batch {args.batch}, median of "
+  print(f"{result['model']} ({result['impl']}) on {result['backend']} "
+        f"({result['device_kind']}), batch {args.batch}, median of "
         f"{args.repeats} alternating repetitions x {args.steps} steps, "
         f"load avg {result['load_avg']:.2f}")
   for name, v in result["variants"].items():

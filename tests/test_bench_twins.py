@@ -89,3 +89,26 @@ def test_batch_norm_bench_times_both_formulations_of_each_table(capsys):
   # The swap is undone: the hand namespace has its own BatchNorm again.
   from cnn_jax import ops  # pylint: disable=g-import-not-at-top
   assert ops.for_grad("hand").batch_norm is not ops.batch_norm
+
+
+def test_train_step_dtype_flag_builds_bfloat16_models_and_rejects_others(capsys):
+  """--dtype picks the project model's compute dtype; anything but float32/bfloat16, or a
+  bfloat16 twin, is refused with exit code 2 before jax does any work."""
+  # pylint: disable=protected-access
+  from bench import train_step  # pylint: disable=g-import-not-at-top
+  args = train_step._parse(["--dtype=float32,bfloat16", "--impl=project"])
+  assert args.dtype_list == ["float32", "bfloat16"]
+  model, _ = train_step.build_model(args, "hand", "bfloat16")
+  x = jnp.zeros((2, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  # The first conv's activations are bfloat16, its parameters float32 (mixed precision).
+  hidden = jax.eval_shape(lambda v: model.apply(v, x, train=False, capture_intermediates=True,
+                                                mutable=["intermediates"]), variables)
+  conv1_out = hidden[1]["intermediates"]["conv1"]["__call__"][0]
+  assert conv1_out.dtype == jnp.bfloat16
+  assert variables["params"]["conv1"]["kernel"].dtype == jnp.float32
+  for bad in (["--dtype=float16"], ["--dtype=bfloat16", "--impl=twin"]):
+    with pytest.raises(SystemExit) as error:
+      train_step._parse(bad)
+    assert error.value.code == 2
+  assert "--dtype" in capsys.readouterr().err
