@@ -2,10 +2,11 @@
 
 Same signature, checks and forward value (up to summation order) as
 ``cnn_jax.ops.batch_norm``. Why a second formulation: XLA's CPU backend runs a reduction over
-every axis but the channels at 1-5 GB/s (``jnp.sum(x, (0, 1, 2))`` of a ``(128, 16, 16, 32)``
-float32 array: 1.0 ms), while the same sum written as ``ones @ x.reshape(M, C)`` goes to the
-matmul library at memory speed (0.12 ms; ``bench/batch_norm.py`` and docs/benchmarks.md).
-The backward pass needs two such sums; autodiff of the reference needs XLA's reductions.
+every axis but the channels on one thread at ~5 GB/s (``jnp.sum(x, (0, 1, 2))`` of a
+``(128, 16, 16, 32)`` float32 array: 0.80 ms), while the same sum written as
+``ones @ x.reshape(M, C)`` goes to the matmul library (0.14-0.19 ms; ``python -m
+bench.batch_norm``, docs/benchmarks.md). Forward and backward need two such sums each;
+autodiff of the reference runs them as XLA's reductions.
 
 Derivation, per channel, with ``M`` entries ``x_i``, ``μ = Σx/M``, ``σ² = Σ(x-μ)²/M``,
 ``r = 1/sqrt(σ² + ε)``, ``x̂ = (x - μ) r``, ``y = x̂ γ + β``, cotangents ``g = dL/dy`` and
