@@ -84,6 +84,33 @@ def test_weight_decay_masks_biases_and_norm_scales(rng):
   np.testing.assert_allclose(updates["bias"], -0.5 * grads["bias"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("model_name,overrides", [
+    ("resnet", dict(depth=26, width=4, scan_blocks=True)),  # 3 repeated blocks: scanned
+    ("local", dict(depth=1, width=4, hidden=8)),
+])
+def test_weight_decay_mask_takes_kernels_only_also_when_stacked_or_spatial(model_name,
+                                                                          overrides):
+  # A scanned stage stacks its blocks' BatchNorm scales into (blocks, C) arrays and a locally
+  # connected bias is (*out_spatial, C): both have ndim > 1 and must still not be decayed.
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model, config.num_classes, config.image_size = model_name, 3, 8
+  for key, value in overrides.items():
+    config[key] = value
+  model = models.build(config)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)),
+                                             train=False))["params"]
+  mask = optim.decay_mask(params)
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  masked = dict(jax.tree_util.tree_flatten_with_path(mask)[0])
+  names = {jax.tree_util.keystr(path): (path[-1].key, leaf.ndim, masked[path])
+           for path, leaf in leaves}
+  assert all(decayed == (name == "kernel") for name, _, decayed in names.values()), names
+  # The cases the rule exists for are really there.
+  assert any(name != "kernel" and ndim > 1 for name, ndim, _ in names.values()), names
+
+
 def test_cross_entropy_with_label_smoothing_matches_formula(rng):
   logits = rng.normal(size=(5, 4)).astype(np.float32)
   labels = rng.integers(0, 4, 5)

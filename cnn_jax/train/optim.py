@@ -3,7 +3,7 @@
 The recipe of He et al. (2016, §4.2) is the default: SGD with momentum 0.9, weight decay 1e-4
 (coupled, i.e. added to the gradient as L2 regularisation), learning rate 0.1 divided by 10 at
 50% and 75% of training. AdamW (decoupled decay) and a cosine schedule with linear warm-up are
-the alternatives. Weight decay applies to kernels only (leaves with ndim > 1): decaying
+the alternatives. Weight decay applies to kernels only (leaves named ``kernel``): decaying
 BatchNorm scales and biases only fights the normalisation (Goyal et al. 2017 do the same).
 """
 
@@ -73,8 +73,17 @@ def make_schedule(config) -> optax.Schedule:
 
 
 def decay_mask(params):
-  """True for the leaves weight decay applies to: kernels (ndim > 1), not biases or BN."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """True for the leaves weight decay applies to: kernels, not biases or BatchNorm's params.
+
+  By name (every layer's weights are ``kernel``), not by shape: a scanned stage stacks its
+  blocks' BatchNorm scales and biases into ``(blocks, C)`` arrays, and a locally connected
+  layer's bias is ``(*out_spatial, C)``; neither is a kernel.
+  """
+  def is_kernel(path, _):
+    last = path[-1] if path else None
+    return getattr(last, "key", getattr(last, "name", None)) == "kernel"
+
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
 def make_optimizer(config, schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
