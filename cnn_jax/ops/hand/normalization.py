@@ -57,13 +57,7 @@ def channel_sum(a: jax.Array) -> jax.Array:
 def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, *, epsilon: float = 1e-5):
   """``ops.batch_norm`` with a hand-written backward pass (derived in the module docstring).
 
-  Args:
-    x: ``(N, *spatial, C)``.
-    scale, bias: ``(C,)``.
-    epsilon: added to the variance, > 0.
-
-  Returns:
-    ``(y, mean, var)`` as ``ops.batch_norm``.
+  Args and Returns: as ``ops.batch_norm``.
   """
   normalization.check_batch_norm_args(x.shape, scale.shape, bias.shape, epsilon)
   return _batch_norm(x, scale, bias, float(epsilon))
