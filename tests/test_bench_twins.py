@@ -112,3 +112,18 @@ def test_train_step_dtype_flag_builds_bfloat16_models_and_rejects_others(capsys)
       train_step._parse(bad)
     assert error.value.code == 2
   assert "--dtype" in capsys.readouterr().err
+
+
+def test_pools_bench_times_every_pool_both_ways_and_rejects_a_bad_shape(capsys):
+  """bench.pools times each pool case under autodiff and by hand; a malformed --shape is
+  refused with exit code 2 before jax runs anything."""
+  import json  # pylint: disable=g-import-not-at-top
+  from bench import pools  # pylint: disable=g-import-not-at-top
+  pools.main(["--shape=2,6,6,3", "--repeats=1", "--json"])
+  result = json.loads(capsys.readouterr().out)
+  assert [(r["pool"], r["window"], r["stride"]) for r in result["rows"]] == list(pools.CASES)
+  assert all(r["autodiff_ms"] > 0 and r["hand_ms"] > 0 for r in result["rows"])
+  with pytest.raises(SystemExit) as error:
+    pools.main(["--shape=2,6,6"])
+  assert error.value.code == 2
+  assert "--shape" in capsys.readouterr().err

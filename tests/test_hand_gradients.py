@@ -278,3 +278,25 @@ def test_hand_backward_convs_stay_canonical_inside_a_scan(rng, stride):
   assert len(convs) >= 3  # forward, dL/dx and dL/dw
   labels = {line.split("dim_labels=")[1].split(",")[0].split(" ")[0] for line in convs}
   assert labels == {"b01f_01io->b01f"}, labels
+
+
+@pytest.mark.parametrize("pool", ["avg_pool", "weighted_avg_pool"])
+def test_average_pools_and_their_hand_gradients_run_no_convolution(rng, pool):
+  # An average pool is a depthwise correlation (one group per channel), which XLA's CPU
+  # backend runs ~30x slower than the elementwise passes that make the same sums
+  # (docs/benchmarks.md, "Pools without grouped convolutions"). Forward and hand backward are
+  # written without a convolution; checked in the compiled gradient (w.r.t. x and weights).
+  x = jnp.asarray(rng.standard_normal((2, 9, 9, 4)), jnp.float32)
+  window = ops.gaussian_window((3, 3), 0.8)
+
+  def loss(x, window):
+    if pool == "avg_pool":
+      y = hand.avg_pool(x, 3, 2, "SAME")
+    else:
+      y = hand.weighted_avg_pool(x, window, 2, "SAME")
+    return jnp.sum(y ** 2)
+
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  hlo = grads.lower(x, window).compile().as_text()
+  assert " convolution(" not in hlo
+  assert float(jnp.max(jnp.abs(grads(x, window)[0]))) > 0  # the gradient is there

@@ -152,16 +152,24 @@ def extract_patches(x, spec: WindowSpec, *, pad_value=0.0):
   ``lax.conv_general_dilated`` and can serve as an independent reference.
   """
   xp = pad_input(x, spec, value=pad_value)
-  taps = []
+  patches = jnp.stack([tap for _, tap in window_taps(xp, spec)], axis=-2)  # (N, *out, K, C)
+  return patches.reshape(patches.shape[:-2] + spec.kernel + patches.shape[-1:])
+
+
+def window_taps(xp, spec: WindowSpec):
+  """``(offset, x_p[:, offset*d :: s])`` for every kernel tap, in row-major order.
+
+  The strided slice of tap ``t`` holds what that tap reads at every output position:
+  ``tap[n, o] = x_p[n, o*s + t*d]``, shape ``(N, *out_spatial, C)``. ``xp`` is the padded
+  input (``pad_input``).
+  """
   for offset in itertools.product(*(range(k) for k in spec.kernel)):
     index = [slice(None)]
     for o, d, s, n_out in zip(offset, spec.dilation, spec.stride, spec.out_spatial):
       start = o * d
       index.append(slice(start, start + (n_out - 1) * s + 1, s))
     index.append(slice(None))
-    taps.append(xp[tuple(index)])
-  patches = jnp.stack(taps, axis=-2)  # (N, *out, K, C), K = prod(kernel)
-  return patches.reshape(patches.shape[:-2] + spec.kernel + patches.shape[-1:])
+    yield offset, xp[tuple(index)]
 
 
 def correlate_reference(x, w, *, stride=1, padding="VALID", dilation=1, groups=1):

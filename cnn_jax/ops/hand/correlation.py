@@ -85,18 +85,54 @@ def scatter_patches(dpatches: jax.Array, spec: correlation.WindowSpec,
     ``(N, *spatial, C)``.
   """
   num_dims = spec.num_dims
-  padded = [n + lo + hi for n, (lo, hi) in zip(x_shape[1:-1], spec.pads)]
+  padded = _padded_spatial(spec, x_shape)
   dxp = jnp.zeros((x_shape[0], *padded, x_shape[-1]), dpatches.dtype)
   for offset in itertools.product(*(range(k) for k in spec.kernel)):
     tap = dpatches[(slice(None),) * (1 + num_dims) + offset]  # (N, *out, C)
-    # Interior padding (s - 1 zeros) puts tap[o] at o*s; edge padding shifts it by t*d.
-    widths = [(0, 0, 0)]
-    for t, s, d, m, n_p in zip(offset, spec.stride, spec.dilation, spec.out_spatial, padded):
-      start = t * d
-      widths.append((start, n_p - start - ((m - 1) * s + 1), s - 1))
-    widths.append((0, 0, 0))
-    dxp = dxp + lax.pad(tap, jnp.array(0, tap.dtype), widths)
+    dxp = dxp + _place_tap(tap, offset, spec, padded)
   return unpad(dxp, spec)
+
+
+def spread_window(g: jax.Array, weights: jax.Array, spec: correlation.WindowSpec,
+                  x_shape) -> jax.Array:
+  """Adjoint of a window-weighted sum with the same weights for every channel.
+
+  ``y[o] = sum_t weights[t] x_p[o*s + t*d]`` (average and weighted-average pooling: a
+  depthwise correlation), so ``dL/dx_p[i] = sum_{o, t: o*s + t*d = i} weights[t] g[o]``: each
+  tap puts ``weights[t] g`` back where it read, and the sum is cropped or folded (``unpad``).
+  Unlike ``correlate_input_grad`` with a depthwise kernel, no grouped convolution runs: the
+  placed copies are elementwise, and XLA fuses their sum into one pass.
+
+  Args:
+    g: ``(N, *out_spatial, C)``.
+    weights: ``(*kernel,)``.
+    spec: the window spec of the forward.
+    x_shape: ``(N, *spatial, C)`` of the unpadded input.
+
+  Returns:
+    ``(N, *spatial, C)``.
+  """
+  padded = _padded_spatial(spec, x_shape)
+  dxp = None
+  for offset in itertools.product(*(range(k) for k in spec.kernel)):
+    placed = _place_tap(weights[offset] * g, offset, spec, padded)
+    dxp = placed if dxp is None else dxp + placed
+  return unpad(dxp, spec)
+
+
+def _padded_spatial(spec: correlation.WindowSpec, x_shape) -> list[int]:
+  return [n + lo + hi for n, (lo, hi) in zip(x_shape[1:-1], spec.pads)]
+
+
+def _place_tap(tap, offset, spec: correlation.WindowSpec, padded):
+  # tap[n, o] -> the padded input grid at o*s + t*d: interior padding (s - 1 zeros) spreads
+  # the entries, edge padding shifts them by t*d; zeros elsewhere.
+  widths = [(0, 0, 0)]
+  for t, s, d, m, n_p in zip(offset, spec.stride, spec.dilation, spec.out_spatial, padded):
+    start = t * d
+    widths.append((start, n_p - start - ((m - 1) * s + 1), s - 1))
+  widths.append((0, 0, 0))
+  return lax.pad(tap, jnp.array(0, tap.dtype), widths)
 
 
 def _dimension_numbers(num_dims):

@@ -23,10 +23,9 @@ from cnn_jax.ops import correlation
 from cnn_jax.ops import pooling
 from cnn_jax.ops.hand.correlation import (
     canonical_padding,
-    correlate_input_grad,
-    correlate_weight_grad,
     prod,
     scatter_patches,
+    spread_window,
 )
 
 
@@ -81,11 +80,6 @@ def max_pool(x, window, stride=None, padding="VALID"):
 # ---------------------------------------------------------------------------------------------
 
 
-def _depthwise(weights, channels):
-  # (*window,) → (*window, 1, C): the same window weights for every channel (groups = C).
-  return jnp.broadcast_to(weights[..., None, None], weights.shape + (1, channels))
-
-
 # The input shape travels as a static argument: the backward needs it (a stride that does
 # not divide leaves trailing inputs no window reads) but not the input itself.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -99,9 +93,8 @@ def _avg_pool_fwd(x, spec, x_shape):
 
 
 def _avg_pool_bwd(spec, x_shape, _, g):
-  channels = x_shape[-1]
   uniform = jnp.full(spec.kernel, 1.0 / prod(spec.kernel), g.dtype)
-  return (correlate_input_grad(g, _depthwise(uniform, channels), spec, x_shape, channels),)
+  return (spread_window(g, uniform, spec, x_shape),)
 
 
 _avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
@@ -112,8 +105,8 @@ def avg_pool(x, window, stride=None, padding="VALID"):
 
   ``y[o] = (1/|K|) sum_t x_p[o*s + t]`` is a depthwise correlation with the uniform kernel
   ``1/|K|``, so ``dL/dx_p[i] = (1/|K|) sum_{o, t: o*s + t = i} g[o]``: every window spreads
-  ``g[o]/|K|`` evenly over its entries (padding zeros included, then dropped). Computed as
-  ``correlate``'s input gradient (a transposed depthwise correlation).
+  ``g[o]/|K|`` evenly over its entries (padding zeros included, then dropped): the transposed
+  depthwise correlation, computed as placed copies of ``g`` (``spread_window``).
 
   Args, Returns, Raises: as ``ops.avg_pool``.
   """
@@ -132,13 +125,15 @@ def _weighted_avg_pool_fwd(x, weights, spec):
 
 def _weighted_avg_pool_bwd(spec, residuals, g):
   x, weights = residuals
-  channels = x.shape[-1]
   total = jnp.sum(weights)
   normalised = (weights / total).astype(x.dtype)
-  dx = correlate_input_grad(g, _depthwise(normalised, channels), spec, x.shape, channels)
-  # Depthwise weight gradient (*K, 1, C), summed over channels: the window weights are shared
-  # by every channel as well as every position.
-  dnormalised = jnp.sum(correlate_weight_grad(x, g, spec, spec.kernel, channels), axis=(-2, -1))
+  dx = spread_window(g, normalised, spec, x.shape)
+  # The window weights are shared by every position and every channel: each one's gradient
+  # sums what its tap read times g over all of them (in float32 at least).
+  acc = jnp.promote_types(g.dtype, jnp.float32)
+  taps = correlation.window_taps(correlation.pad_input(x, spec), spec)
+  dnormalised = jnp.stack([jnp.sum(tap.astype(acc) * g.astype(acc)) for _, tap in taps])
+  dnormalised = dnormalised.reshape(spec.kernel).astype(normalised.dtype)
   dweights = (dnormalised - jnp.sum(dnormalised * normalised)) / total
   return dx, dweights.astype(weights.dtype)
 
