@@ -148,6 +148,18 @@ class LocallyConnected(nn.Module):
     return y
 
 
+def downsampling_window(kind: str, stride: int) -> int:
+  """The window of a model's downsampling pool of ``kind`` at ``stride`` (per spatial dim).
+
+  ``stride`` for max, average and L2 pooling (non-overlapping windows, as usual), and
+  ``2·stride − 1`` for the Gaussian-weighted average: its weights fall off with the distance
+  from the window's central pixel, which a window of even size does not have; a centred 2×2
+  Gaussian is uniform, i.e. plain average pooling. With ``"SAME"`` padding both give the same
+  output size.
+  """
+  return 2 * stride - 1 if kind == "weighted" else stride
+
+
 class Pool(nn.Module):
   """A parameter-free pooling layer: max, average, Gaussian-weighted average or L2 norm.
 

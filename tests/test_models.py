@@ -421,3 +421,21 @@ def test_pool_layer_is_the_matching_op(kind, rng):
       "weighted": lambda: ops.weighted_avg_pool(x, ops.gaussian_window((3, 3), 0.8), 2, "SAME"),
   }[kind]()
   np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("model", ["simple_cnn", "resnet"])
+def test_weighted_downsampling_pool_is_a_centred_gaussian_not_the_average(model, rng):
+  # A centred 2x2 Gaussian is uniform: a weighted pool with window = stride = 2 would be
+  # average pooling under another name. The models give it a 3x3 window (2*stride - 1) at
+  # stride 2, so the same parameters give other outputs than pool=avg, of the same shape.
+  assert layers.downsampling_window("weighted", 2) == 3
+  assert [layers.downsampling_window(k, 2) for k in ("max", "avg", "l2")] == [2, 2, 2]
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
+  outputs = {}
+  for pool in ("avg", "weighted"):
+    net = models.build(make_config(model, stride=2, downsample="pool", pool=pool))
+    if pool == "avg":
+      variables = net.init(jax.random.key(int(rng.integers(2 ** 31))), x, train=False)
+    outputs[pool] = net.apply(variables, x, train=False)
+  assert outputs["avg"].shape == outputs["weighted"].shape
+  assert not np.allclose(outputs["avg"], outputs["weighted"], rtol=1e-3, atol=1e-4)

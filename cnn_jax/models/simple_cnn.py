@@ -3,7 +3,8 @@
 ``depth`` blocks; block ``i`` is a 3×3 SAME layer with ``width·2^k`` filters (``k`` = the number
 of downsamplings before it, so channels double whenever the map shrinks), a ReLU and a
 downsampling by ``stride``: by a pool of window = stride (``downsample="pool"``, kind ``pool``:
-max, avg, Gaussian-weighted or L2) or by striding the block's own conv (``downsample="conv"``).
+max, avg, Gaussian-weighted or L2; the Gaussian's window is ``2·stride − 1``, centred, see
+``layers.downsampling_window``) or by striding the block's own conv (``downsample="conv"``).
 Block 0's layer is also strided by ``first_stride``. After the blocks: flatten, one hidden
 dense layer of ``hidden`` units with ReLU, and the classifier.
 
@@ -90,8 +91,9 @@ class SimpleCNN(nn.Module):
                     name=f"conv{i + 1}" if self.connectivity == "shared" else f"local{i + 1}")(x)
       x = nn.relu(x)
       if self.downsample == "pool" and self.stride > 1:
-        x = layers.Pool(self.pool, window=self.stride, stride=self.stride, padding="SAME",
-                        grad=self.grad, name=f"pool{i + 1}")(x)
+        x = layers.Pool(self.pool, window=layers.downsampling_window(self.pool, self.stride),
+                        stride=self.stride, padding="SAME", grad=self.grad,
+                        name=f"pool{i + 1}")(x)
       if self.stride > 1:
         features *= 2
     if self.head == "flatten":

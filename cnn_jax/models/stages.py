@@ -110,8 +110,8 @@ class Stage(nn.Module):
   def __call__(self, x, train: bool):
     strides = self.strides
     if strides > 1 and self.downsample == "pool":
-      x = layers.Pool(self.pool, window=strides, stride=strides, padding="SAME", grad=self.grad,
-                      name="pool")(x)
+      x = layers.Pool(self.pool, window=layers.downsampling_window(self.pool, strides),
+                      stride=strides, padding="SAME", grad=self.grad, name="pool")(x)
       strides = 1
     x = self.block(strides=strides, name="block0")(x, train)
     rest = self.count - 1
