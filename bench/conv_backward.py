@@ -24,6 +24,8 @@ Formulations (``x``: ``(N, H, W, C)``, ``w``: ``(3, 3, C, O)``, cotangent ``g``:
     dx/transpose     correlation of the stride-dilated, re-padded g with the flipped kernel,
                      channels swapped (dimension numbers HWOI, so no kernel transpose)
     dx/col2im        g (N Ho Wo, O) @ w^T (O, 9C), then the 9 taps scattered back by padding
+    dx/polyphase     one stride-1 correlation of g per phase of the input grid (sub-kernels
+                     w[r::s]), interleaved: ops.hand.correlation.correlate_input_grad_polyphase
   weight gradient dL/dw
     dw/autodiff      jax.vjp of fwd/xla
     dw/conv          the conv XLA's autodiff emits, written out: batch as the contracted feature
@@ -110,6 +112,12 @@ def formulations(stride: int):
       total = tap if total is None else total + tap
     return total[:, 1:1 + h, 1:1 + wd, :]
 
+  def dx_polyphase(x, w, g):
+    from cnn_jax.ops import correlation  # pylint: disable=g-import-not-at-top
+    from cnn_jax.ops.hand import correlation as hand_correlation  # pylint: disable=g-import-not-at-top
+    spec = correlation.window_spec(x.shape, (3, 3), s, PAD, 1)
+    return hand_correlation.correlate_input_grad_polyphase(g, w, spec, x.shape, 1)
+
   def dw_conv(x, w, g):
     del w
     out = lax.conv_general_dilated(x, g, (1, 1), PAD, rhs_dilation=s,
@@ -141,6 +149,7 @@ def formulations(stride: int):
       "dx/autodiff": (dx_autodiff, ("x", "w", "g")),
       "dx/transpose": (dx_transpose, ("x", "w", "g")),
       "dx/col2im": (dx_col2im, ("x", "w", "g")),
+      "dx/polyphase": (dx_polyphase, ("x", "w", "g")),
       "dw/autodiff": (dw_autodiff, ("x", "w", "g")), "dw/conv": (dw_conv, ("x", "w", "g")),
       "dw/patches": (dw_patches, ("x", "w", "g")), "dw/slices": (dw_slices, ("x", "w", "g")),
       "dw/taps": (dw_taps, ("x", "w", "g")),

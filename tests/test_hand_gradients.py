@@ -12,7 +12,8 @@ from jax import test_util as jtu
 
 from cnn_jax import ops
 from cnn_jax.analysis import gradcheck
-from cnn_jax.ops import hand
+from cnn_jax.ops import correlation, hand
+from cnn_jax.ops.hand import correlation as hand_correlation
 from experiments import gradcheck as gradcheck_experiment
 from experiments.configs import gradcheck as gradcheck_config
 
@@ -300,3 +301,37 @@ def test_average_pools_and_their_hand_gradients_run_no_convolution(rng, pool):
   hlo = grads.lower(x, window).compile().as_text()
   assert " convolution(" not in hlo
   assert float(jnp.max(jnp.abs(grads(x, window)[0]))) > 0  # the gradient is there
+
+
+@pytest.mark.parametrize("num_dims", [1, 2, 3])
+def test_input_gradient_by_phases_equals_the_spread_cotangent_form(rng, num_dims):
+  # Two formulations of dL/dx of a strided correlation: one stride-1 correlation per phase of
+  # the input grid (used at stride 2) and the correlation of the zero-spread g (used
+  # otherwise). Same sums, another order: float64, so they agree to rounding (~1e-16 relative;
+  # 1e-12 leaves room for the larger sums of 3-D kernels).
+  with jax.enable_x64(True):
+    for kernel, stride, padding, groups in [(3, 2, "SAME", 1), (2, 2, "VALID", 2),
+                                            (1, 2, "VALID", 1), (4, 3, "CIRCULAR", 1),
+                                            (3, (2, 1, 2)[:num_dims], ((0, 2),) * num_dims, 2),
+                                            (5, 2, "CIRCULAR", 2)]:
+      x_shape = (2, *(7, 6, 5)[:num_dims], 4)
+      spec = correlation.window_spec(x_shape, (kernel,) * num_dims, stride, padding, 1)
+      w = jnp.asarray(rng.standard_normal((kernel,) * num_dims + (4 // groups, 6)))
+      g = jnp.asarray(rng.standard_normal((2, *spec.out_spatial, 6)))
+      by_phases = hand_correlation.correlate_input_grad_polyphase(g, w, spec, x_shape, groups)
+      spread = hand_correlation.correlate_input_grad_dilated(g, w, spec, x_shape, groups)
+      assert by_phases.shape == spread.shape == x_shape
+      assert _rel(by_phases, spread) < 1e-12, (kernel, stride, padding, groups)
+
+
+def test_input_gradient_takes_the_phases_at_stride_2_without_dilation():
+  def spec(stride, dilation):
+    return correlation.window_spec((1, 9, 9, 1), (3, 3), stride, "SAME", dilation)
+  assert hand_correlation.polyphase_is_faster(spec(2, 1))
+  assert hand_correlation.polyphase_is_faster(spec((2, 1), 1))
+  assert not hand_correlation.polyphase_is_faster(spec(1, 1))
+  assert not hand_correlation.polyphase_is_faster(spec(3, 1))
+  assert not hand_correlation.polyphase_is_faster(spec(2, 2))
+  with pytest.raises(ValueError, match="dilation"):
+    hand_correlation.correlate_input_grad_polyphase(
+        jnp.zeros((1, 3, 3, 1)), jnp.zeros((3, 3, 1, 1)), spec(2, 2), (1, 9, 9, 1), 1)
