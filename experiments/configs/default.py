@@ -24,7 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.stride = 2                # stride of each downsampling stage
   config.first_stride = 1          # stride of the first conv
   config.downsample = "conv"       # conv (strided conv) | pool
-  config.pool = "max"              # simple_cnn pooling: max | avg | weighted | l2
+  config.pool = "max"              # downsampling pool: max | avg | weighted (a centred
+                                   # Gaussian, window 2*stride-1) | l2
   config.head = "flatten"          # simple_cnn/local: flatten | global_avg | global_max
   config.hidden = 128              # mlp / classifier hidden units
   config.grad = "hand"             # hand (our VJPs, tested equal to jax.grad) | autodiff;
