@@ -84,13 +84,9 @@ def scatter_patches(dpatches: jax.Array, spec: correlation.WindowSpec,
   Returns:
     ``(N, *spatial, C)``.
   """
-  num_dims = spec.num_dims
-  padded = _padded_spatial(spec, x_shape)
-  dxp = jnp.zeros((x_shape[0], *padded, x_shape[-1]), dpatches.dtype)
-  for offset in itertools.product(*(range(k) for k in spec.kernel)):
-    tap = dpatches[(slice(None),) * (1 + num_dims) + offset]  # (N, *out, C)
-    dxp = dxp + _place_tap(tap, offset, spec, padded)
-  return unpad(dxp, spec)
+  offsets = itertools.product(*(range(k) for k in spec.kernel))
+  prefix = (slice(None),) * (1 + spec.num_dims)
+  return place_taps([dpatches[prefix + offset] for offset in offsets], spec, x_shape)
 
 
 def spread_window(g: jax.Array, weights: jax.Array, spec: correlation.WindowSpec,
@@ -99,9 +95,9 @@ def spread_window(g: jax.Array, weights: jax.Array, spec: correlation.WindowSpec
 
   ``y[o] = sum_t weights[t] x_p[o*s + t*d]`` (average and weighted-average pooling: a
   depthwise correlation), so ``dL/dx_p[i] = sum_{o, t: o*s + t*d = i} weights[t] g[o]``: each
-  tap puts ``weights[t] g`` back where it read, and the sum is cropped or folded (``unpad``).
-  Unlike ``correlate_input_grad`` with a depthwise kernel, no grouped convolution runs: the
-  placed copies are elementwise, and XLA fuses their sum into one pass.
+  tap puts ``weights[t] g`` back where it read (``place_taps``). Unlike
+  ``correlate_input_grad`` with a depthwise kernel, no grouped convolution runs: the placed
+  copies are elementwise, and XLA fuses their sum into one pass.
 
   Args:
     g: ``(N, *out_spatial, C)``.
@@ -112,10 +108,31 @@ def spread_window(g: jax.Array, weights: jax.Array, spec: correlation.WindowSpec
   Returns:
     ``(N, *spatial, C)``.
   """
+  offsets = itertools.product(*(range(k) for k in spec.kernel))
+  return place_taps([weights[offset] * g for offset in offsets], spec, x_shape)
+
+
+def place_taps(tap_grads, spec: correlation.WindowSpec, x_shape) -> jax.Array:
+  """Adjoint of ``correlation.window_taps`` (followed by ``unpad``).
+
+  ``window_taps`` reads ``tap_t[o] = x_p[o*s + t*d]``, so the gradient ``dL/dtap_t`` goes back
+  to ``x_p[o*s + t*d]``: placed there by ``lax.pad`` (``s-1`` interior zeros, shifted by
+  ``t*d``), the taps' placements summed (XLA fuses the sum into one pass), then cropped or
+  folded (``unpad``).
+
+  Args:
+    tap_grads: one ``(N, *out_spatial, C)`` array per kernel tap, in ``window_taps`` order.
+    spec: the window spec of the forward.
+    x_shape: ``(N, *spatial, C)`` of the unpadded input.
+
+  Returns:
+    ``(N, *spatial, C)``.
+  """
   padded = _padded_spatial(spec, x_shape)
+  offsets = itertools.product(*(range(k) for k in spec.kernel))
   dxp = None
-  for offset in itertools.product(*(range(k) for k in spec.kernel)):
-    placed = _place_tap(weights[offset] * g, offset, spec, padded)
+  for offset, tap in zip(offsets, tap_grads, strict=True):
+    placed = _place_tap(tap, offset, spec, padded)
     dxp = placed if dxp is None else dxp + placed
   return unpad(dxp, spec)
 
