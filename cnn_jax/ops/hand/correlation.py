@@ -365,8 +365,7 @@ def taps_batch_chunk(spec: correlation.WindowSpec, x_shape, itemsize: int) -> in
   """Examples per chunk for ``correlate_weight_grad_taps``: the whole batch while its padded
   input is at most ``TAPS_CHUNK_ABOVE_BYTES``, else the largest power of two whose padded
   input fits in ``TAPS_CHUNK_BYTES`` (at least 1)."""
-  per_example = itemsize * x_shape[-1] * prod(
-      n + lo + hi for n, (lo, hi) in zip(x_shape[1:-1], spec.pads))
+  per_example = itemsize * x_shape[-1] * prod(_padded_spatial(spec, x_shape))
   if per_example * x_shape[0] <= TAPS_CHUNK_ABOVE_BYTES:
     return x_shape[0]
   chunk = 1
