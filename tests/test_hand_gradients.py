@@ -2,7 +2,9 @@
 
 import functools
 import inspect
+import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -301,6 +303,24 @@ def test_average_pools_and_their_hand_gradients_run_no_convolution(rng, pool):
   hlo = grads.lower(x, window).compile().as_text()
   assert " convolution(" not in hlo
   assert float(jnp.max(jnp.abs(grads(x, window)[0]))) > 0  # the gradient is there
+
+
+@pytest.mark.parametrize("pool,stride", [("max_pool", 1), ("max_pool", 2), ("lp_pool", 1),
+                                         ("lp_pool", 2)])
+def test_overlapping_window_pools_hand_gradients_build_no_patch_array(rng, pool, stride):
+  # With overlapping windows, the patch array (N, *out, *window, C) holds each entry up to
+  # k^D times; the hand forward and backward work on the taps' strided slices instead
+  # (docs/benchmarks.md, "Pools without grouped convolutions"). Checked in the compiled
+  # gradient: no array, fused intermediates included, is bigger than the padded input.
+  x = jnp.asarray(rng.standard_normal((2, 9, 9, 4)), jnp.float32)
+  grads = jax.jit(jax.grad(lambda x: jnp.sum(getattr(hand, pool)(x, 3, stride=stride,
+                                                                 padding="SAME") ** 2)))
+  hlo = grads.lower(x).compile().as_text()
+  shapes = re.findall(r"\b(?:f32|s32|pred)\[([\d,]*)\]", hlo)
+  largest = max(math.prod(int(d) for d in shape.split(",") if d) for shape in shapes)
+  padded = 2 * 11 * 11 * 4
+  assert largest <= padded, largest
+  assert float(jnp.max(jnp.abs(grads(x)))) > 0  # the gradient is there
 
 
 @pytest.mark.parametrize("num_dims", [1, 2, 3])

@@ -12,6 +12,7 @@ import pytest
 import scipy.signal
 
 from cnn_jax import ops
+from cnn_jax.ops import pooling
 
 RTOL = ATOL = 1e-5
 
@@ -209,6 +210,20 @@ def test_pools_equal_numpy_reference(rng, num_dims):
            weighted)
     l2 = np.sqrt((_numpy_windows(x_np, window, stride, pads, 0.0) ** 2).sum(axis=axes))
     _close(ops.lp_pool(x, window, 2, stride, padding), l2)
+
+
+@pytest.mark.parametrize("num_dims", [1, 2, 3])
+def test_lp_pool_by_taps_equals_lp_pool(rng, num_dims):
+  # Two orders of the same sums (a list of tap slices vs a patch axis), used by hand.lp_pool
+  # and ops.lp_pool: equal to float32 rounding (RTOL), overlapping windows and every padding
+  # mode included, and large p (the peak scaling keeps both finite).
+  for padding in ("VALID", "SAME", "FULL", "CIRCULAR"):
+    window = tuple(int(k) for k in rng.integers(1, 4, num_dims))
+    stride = tuple(int(s) for s in rng.integers(1, 4, num_dims))
+    p = float(rng.choice([1.0, 2.0, 3.5, 200.0]))
+    x = _normal(rng, 2, *(int(n) for n in rng.integers(4, 8, num_dims)), 3)
+    spec = pooling._spec(x, window, stride, padding)  # pylint: disable=protected-access
+    _close(pooling.lp_pool_by_taps(x, spec, p), ops.lp_pool(x, window, p, stride, padding))
 
 
 def test_lp_pool_limits(rng):

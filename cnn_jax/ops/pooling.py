@@ -11,6 +11,7 @@ wraps around instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax.numpy as jnp
 import numpy as np
@@ -110,14 +111,35 @@ def lp_pool(x, window, p: float = 2.0, stride=None, padding="VALID"):
   already_padded = dataclasses.replace(spec, pads=((0, 0),) * spec.num_dims, circular=False)
   patches = correlation.extract_patches(magnitude, already_padded)  # (N, *out, *window, C)
   axes = tuple(range(1 + spec.num_dims, 1 + 2 * spec.num_dims))
-  peak = jnp.max(patches, axis=axes, keepdims=True)
+  peak = jnp.max(patches, axis=axes)
+  return _scaled_norm(
+      peak, lambda safe_peak: jnp.sum((patches / jnp.expand_dims(safe_peak, axes)) ** p, axis=axes),
+      p)
+
+
+def lp_pool_by_taps(x, spec: correlation.WindowSpec, p: float):
+  """``lp_pool``'s values from each tap's strided slice instead of a patch array.
+
+  Same formula; the forward alone is faster (128x32x32x16, 3x3/2: 3.5 vs 27.8 ms), since
+  overlapping windows make the patch array k^D times the input, but autodiff through the
+  slices is slower (136 vs 63 ms for value and gradient: XLA's transposes of many strided
+  slices), so ``lp_pool`` keeps the patches for autodiff and ``hand.lp_pool``, whose backward
+  is written by hand, runs this. ``spec`` and ``p`` are checked by the caller.
+  """
+  magnitude = jnp.abs(correlation.pad_input(x, spec))
+  already_padded = dataclasses.replace(spec, pads=((0, 0),) * spec.num_dims, circular=False)
+  taps = [tap for _, tap in correlation.window_taps(magnitude, already_padded)]
+  peak = functools.reduce(jnp.maximum, taps)
+  return _scaled_norm(peak, lambda safe_peak: sum((tap / safe_peak) ** p for tap in taps), p)
+
+
+def _scaled_norm(peak, scaled_power_sum, p):
+  # m * (sum (|x|/m)^p)^(1/p) with m = peak; scaled_power_sum(m) gives the sum. Both guards
+  # keep the gradient finite in all-zero windows (0 * inf would be NaN).
   nonzero = peak > 0
-  # Both guards keep the gradient finite in all-zero windows (0 * inf would be NaN).
   safe_peak = jnp.where(nonzero, peak, 1)
-  total = jnp.sum((patches / safe_peak) ** p, axis=axes, keepdims=True)
-  safe_total = jnp.where(nonzero, total, 1)
-  norm = jnp.where(nonzero, safe_peak * safe_total ** (1.0 / p), 0)
-  return jnp.squeeze(norm, axis=axes)
+  safe_total = jnp.where(nonzero, scaled_power_sum(safe_peak), 1)
+  return jnp.where(nonzero, safe_peak * safe_total ** (1.0 / p), 0)
 
 
 def global_avg_pool(x):

@@ -17,6 +17,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from cnn_jax import ops
 from cnn_jax.ops import correlation
@@ -28,10 +29,6 @@ from cnn_jax.ops.hand.correlation import (
     scatter_patches,
     spread_window,
 )
-
-
-def _kernel_axes(spec):
-  return tuple(range(1 + spec.num_dims, 1 + 2 * spec.num_dims))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +180,7 @@ def weighted_avg_pool(x, weights, stride=None, padding="VALID"):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _lp_pool(x, spec, p):
-  return ops.lp_pool(x, spec.kernel, p, spec.stride, canonical_padding(spec))
+  return pooling.lp_pool_by_taps(x, spec, p)
 
 
 def _lp_pool_fwd(x, spec, p):
@@ -193,17 +190,19 @@ def _lp_pool_fwd(x, spec, p):
 
 def _lp_pool_bwd(spec, p, residuals, g):
   x, y = residuals
-  patches = correlation.extract_patches(x, spec)  # signed entries, (N, *out, *K, C)
-  y = jnp.expand_dims(y, _kernel_axes(spec))
-  g = jnp.expand_dims(g, _kernel_axes(spec))
   nonzero = y > 0
   safe_y = jnp.where(nonzero, y, 1)
+  # Each tap's share, computed on its strided slice (what it read at every output position)
+  # and placed back: no patch array, which overlapping windows would make k^D times x.
   # |x|/y <= 1, so the power neither overflows nor underflows for large p; a zero window gets
   # a zero gradient instead of 0/0 (the ratio is set to 1 there so that its derivative, used
-  # by grad-of-grad, stays finite too).
-  ratio = jnp.where(nonzero, jnp.abs(patches) / safe_y, 1)
-  factor = jnp.where(nonzero, jnp.sign(patches) * ratio ** (p - 1), 0)
-  return (scatter_patches(g * factor, spec, x.shape),)
+  # by grad-of-grad, stays finite too). Backward alone at 128x32x32x16, SAME: patches 9.1 /
+  # 32.9 / 98.3 ms, slices 5.2 / 11.5 / 18.5 ms at 2x2/2, 3x3/2, 3x3/1.
+  tap_grads = []
+  for _, tap in correlation.window_taps(correlation.pad_input(x, spec), spec):
+    ratio = jnp.where(nonzero, jnp.abs(tap) / safe_y, 1)
+    tap_grads.append(g * jnp.where(nonzero, jnp.sign(tap) * ratio ** (p - 1), 0))
+  return (place_taps(tap_grads, spec, x.shape),)
 
 
 _lp_pool.defvjp(_lp_pool_fwd, _lp_pool_bwd)
@@ -266,7 +265,6 @@ def _global_avg_pool_bwd(x_shape, _, g):
 _global_avg_pool.defvjp(_global_avg_pool_fwd, _global_avg_pool_bwd)
 
 
-@jax.custom_vjp
 def global_max_pool(x):
   """``ops.global_max_pool`` with a hand-written backward pass.
 
@@ -279,19 +277,32 @@ def global_max_pool(x):
   Returns:
     ``(N, C)``.
   """
+  return _global_max_pool(x, tuple(x.shape))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _global_max_pool(x, x_shape):
+  del x_shape
   return ops.global_max_pool(x)
 
 
-def _global_max_pool_fwd(x):
-  return ops.global_max_pool(x), x
+def _global_max_pool_fwd(x, x_shape):
+  # The residual is each (example, channel)'s winning position, (N, C), not x. The first
+  # arg-max as the smallest position holding the maximum: a min-reduction that XLA fuses with
+  # the comparison, where jnp.argmax's (value, index) reduction made the hand
+  # value_and_grad 1.3-1.65x autodiff's.
+  flat = x.reshape(x_shape[0], -1, x_shape[-1])
+  y = jnp.max(flat, axis=1)
+  positions = lax.broadcasted_iota(jnp.int32, flat.shape, 1)
+  first = jnp.min(jnp.where(flat == y[:, None, :], positions, flat.shape[1]), axis=1)
+  return y, first
 
 
-def _global_max_pool_bwd(x, g):
-  flat = x.reshape(x.shape[0], -1, x.shape[-1])
-  winner = jnp.argmax(flat, axis=1)  # (N, C), first arg-max
-  positions = jnp.arange(flat.shape[1]).reshape(1, -1, 1)
-  routed = jnp.where(positions == winner[:, None, :], g[:, None, :], 0)
-  return (routed.reshape(x.shape),)
+def _global_max_pool_bwd(x_shape, first, g):
+  flat_shape = (x_shape[0], prod(x_shape[1:-1]), x_shape[-1])
+  positions = lax.broadcasted_iota(jnp.int32, flat_shape, 1)
+  routed = jnp.where(positions == first[:, None, :], g[:, None, :], 0)
+  return (routed.reshape(x_shape),)
 
 
-global_max_pool.defvjp(_global_max_pool_fwd, _global_max_pool_bwd)
+_global_max_pool.defvjp(_global_max_pool_fwd, _global_max_pool_bwd)
