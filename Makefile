@@ -4,6 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# oneDNN's convolutions as an XLA FFI library (cnn_jax/ops/onednn.py); if it cannot be built
+# (no C++ compiler), one line says so and XLA's convolutions run instead.
+ONEDNN_LIB := cnn_jax/ops/_onednn_conv.so
 
 .PHONY: demo test test-full venv bench clean
 
@@ -15,20 +18,23 @@ $(STAMP): requirements.txt
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $@
 
+$(ONEDNN_LIB): cnn_jax/ops/onednn_conv.cc $(STAMP)
+	@$(PY) -m cnn_jax.ops.onednn build
+
 # The main job: the depth study on offline data (prints its results table).
-demo: $(STAMP)
+demo: $(STAMP) $(ONEDNN_LIB)
 	$(PY) launch.py --experiment=depth_study --config=experiments/configs/depth_study.py:demo --workdir=runs/depth_study_demo
 
 # The test suite. CI=true (set by CI) keeps the quick grids; locally the same.
-test: $(STAMP)
+test: $(STAMP) $(ONEDNN_LIB)
 	$(PY) -m pytest -q -n 2 --dist=loadfile tests
 
 # Slow extras (full gradcheck grid, long resume runs).
-test-full: $(STAMP)
+test-full: $(STAMP) $(ONEDNN_LIB)
 	CNN_JAX_FULL_TESTS=1 $(PY) -m pytest -q -n 2 --dist=loadfile tests
 
-bench: $(STAMP)
+bench: $(STAMP) $(ONEDNN_LIB)
 	$(PY) -m bench.train_step --model=resnet --depth=20 --batch=128
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache $(ONEDNN_LIB)

@@ -55,7 +55,9 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--grad", default="hand", choices=("hand", "autodiff"))
-  parser.add_argument("--cpu_convolutions", default="eigen", choices=("eigen", "xla_default"))
+  parser.add_argument("--cpu_convolutions", default="onednn",
+                      choices=("onednn", "eigen", "xla_default"),
+                      help="as the trainer's (cnn_jax.train.steps.CPU_CONVOLUTIONS)")
   parser.add_argument("--cores", type=int, default=1,
                       help="pin to this many cores (0: leave the affinity alone)")
   parser.add_argument("--steps", type=int, default=2, help="profiled steps")
@@ -83,7 +85,9 @@ def main(argv=None):
   model, _ = train_step.build_model(model_args, args.grad)
   step, _ = train_step.make_jax_trainer(
       model, args.batch, args.image_size, 1,
-      xla_options=steps_lib.compiler_options(args.cpu_convolutions))
+      xla_options=steps_lib.compiler_options(args.cpu_convolutions),
+      use_onednn=steps_lib.uses_onednn(args.cpu_convolutions,
+                                       jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])))
   step().block_until_ready()
   start = time.perf_counter()
   for _ in range(args.steps):

@@ -2,7 +2,7 @@
 
   python -m bench.train_step --model=resnet --depth=20 --batch=128 [--json] \
       [--compare=torch] [--torch_threads=T,...] [--steps=N] [--repeats=R]
-      [--grad=autodiff,hand,...] [--devices=D,...] [--cpu_convolutions=eigen,xla_default]
+      [--grad=autodiff,hand,...] [--devices=D,...] [--cpu_convolutions=onednn,eigen,xla_default]
       [--dtype=float32,bfloat16]
       [--[no]scan] [--compile_only] [--matmul [--matmul_size=4096]]
 
@@ -31,9 +31,12 @@ splits the batch over ``D`` fake CPU devices
 all-reduce, the same function as on one device). ``--grad`` and ``--devices`` take
 comma-separated lists; every combination is compiled and timed, alternating, in one process
 (so ``--devices=1,2`` compares one device with two fake ones under the same load).
-The step is compiled with the trainer's XLA options (``cnn_jax.train.steps.compiler_options``:
-convolutions in Eigen on CPU); ``--cpu_convolutions=eigen,xla_default`` also times XLA's own
-choice (YNNPACK above 16 channels) in the same run.
+The step is compiled with the trainer's XLA options (``cnn_jax.train.steps.compiler_options``)
+and, by default, the trainer's ``cpu_convolutions="onednn"``: the hand ops' convolutions on
+oneDNN where it is built (one device), XLA's own in Eigen;
+``--cpu_convolutions=onednn,eigen,xla_default`` times each choice in the same run (``eigen``:
+every convolution in XLA's Eigen, the default before the seventh session; ``xla_default``:
+XLA's own choice, YNNPACK above 16 channels).
 """
 
 from __future__ import annotations
@@ -72,10 +75,12 @@ def _parse(argv):
                       help="nn.scan over each stage's repeated blocks (--noscan: unrolled); "
                       "default: the project model scans with grad=hand and unrolls with "
                       "grad=autodiff (what runs fast on CPU, docs/models.md), the twin unrolls")
-  parser.add_argument("--cpu_convolutions", default="eigen",
-                      help="comma-separated: eigen (the trainer's default: XLA's CPU backend "
-                      "runs convolutions with Eigen), xla_default (XLA's choice: YNNPACK above "
-                      "16 channels); see cnn_jax.train.steps.compiler_options")
+  parser.add_argument("--cpu_convolutions", default="onednn",
+                      help="comma-separated: onednn (the trainer's default: the hand ops' "
+                      "convolutions on oneDNN where built, cnn_jax.ops.onednn; XLA's own in "
+                      "Eigen), eigen (XLA's CPU backend runs every convolution with Eigen), "
+                      "xla_default (XLA's choice: YNNPACK above 16 channels); see "
+                      "cnn_jax.train.steps.CPU_CONVOLUTIONS")
   parser.add_argument("--dtype", default="float32",
                       help="comma-separated compute dtypes of the project model: float32, "
                       "bfloat16 (parameters stay float32; the twin is float32 only)")
@@ -118,9 +123,9 @@ def _parse(argv):
     parser.error("--dtype: the bench twin computes in float32 only; use --impl=project")
   args.cpu_convolutions_list = args.cpu_convolutions.split(",")
   for value in args.cpu_convolutions_list:
-    if value not in ("eigen", "xla_default"):
-      parser.error(f"--cpu_convolutions: {value!r} is not allowed: give some of eigen, "
-                   "xla_default")
+    if value not in ("onednn", "eigen", "xla_default"):
+      parser.error(f"--cpu_convolutions: {value!r} is not allowed: give some of onednn, "
+                   "eigen, xla_default")
   for devices in args.devices_list:
     if devices < 1 or args.batch % devices:
       parser.error(f"--devices: {devices} is not allowed: give ints >= 1 dividing "
@@ -170,10 +175,12 @@ def build_model(args, grad, dtype="float32"):
 
 
 def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum=0.9,
-                     weight_decay=1e-4, run_once=True, xla_options=None):
+                     weight_decay=1e-4, run_once=True, xla_options=None, use_onednn=False):
   """Compiles a donated SGD-momentum train step; returns ``(step, compile_seconds)``.
 
-  ``xla_options``: XLA compiler options for the step (``cnn_jax.train.steps.compiler_options``).
+  ``xla_options``: XLA compiler options for the step (``cnn_jax.train.steps.compiler_options``);
+  ``use_onednn``: the hand ops' convolutions on oneDNN where they can
+  (``cnn_jax.train.steps.uses_onednn``).
 
   ``step()`` runs one step and returns the loss (a device array, not waited for).
   """
@@ -215,8 +222,11 @@ def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum
   x, y = jax.device_put(images, sharded), jax.device_put(labels, sharded)
   jitted = jax.jit(train_step, donate_argnums=0, in_shardings=(replicated, sharded, sharded),
                    out_shardings=(replicated, replicated), compiler_options=xla_options)
+  from cnn_jax.ops import onednn  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  compiled = jitted.lower(state, x, y).compile()
+  with onednn.use(use_onednn):  # read while tracing
+    lowered = jitted.lower(state, x, y)
+  compiled = lowered.compile()
   compile_seconds = time.perf_counter() - start
   holder = {"state": state}
 
@@ -273,9 +283,11 @@ def run(args) -> dict:
     if dtype != "float32":
       label += f"_{dtype}"
     model, impl = build_model(args, grad, dtype)
+    mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices])
     step, compile_seconds[label] = make_jax_trainer(
         model, args.batch, args.image_size, devices, run_once=not args.compile_only,
-        xla_options=steps_lib.compiler_options(cpu_convolutions))
+        xla_options=steps_lib.compiler_options(cpu_convolutions),
+        use_onednn=steps_lib.uses_onednn(cpu_convolutions, mesh))
     runners[label] = (step, lambda out: out.block_until_ready())
   if args.compile_only:
     return {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,

@@ -432,11 +432,12 @@ def test_cpu_convolutions_value_is_checked():
   from cnn_jax.train import loop  # pylint: disable=g-import-not-at-top
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="cpu_convolutions='ynn' is not allowed: give one of "
-                     "eigen, xla_default"):
+                     "onednn, eigen, xla_default"):
     steps_lib.compiler_options("ynn")
   config = default.get_config()
-  config.cpu_convolutions = "onednn"
-  with pytest.raises(ValueError, match="cpu_convolutions='onednn' is not allowed"):
+  config.cpu_convolutions = "mkl"
+  with pytest.raises(ValueError, match="cpu_convolutions='mkl' is not allowed"):
     loop.validate(config)
-  config.cpu_convolutions = "xla_default"
-  loop.validate(config)
+  for value in ("onednn", "xla_default"):
+    config.cpu_convolutions = value
+    loop.validate(config)

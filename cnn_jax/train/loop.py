@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from cnn_jax import atomic
+from cnn_jax.ops import onednn
 from cnn_jax.train import checkpoints as checkpoints_lib
 from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import optim
@@ -44,7 +45,7 @@ LOOP_DEFAULTS = {
     "coordinator_address": "",   # multi-host: "host:port" of process 0
     "num_processes": 1,
     "process_id": 0,
-    "cpu_convolutions": "eigen",  # see steps.CPU_CONVOLUTIONS
+    "cpu_convolutions": "onednn",  # see steps.CPU_CONVOLUTIONS
 }
 
 # Config fields that define a model's structure: a checkpoint made with other values of any
@@ -324,9 +325,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
 
   layer_names = state_lib.layer_names(model, input_shape)
   layer_order = state_lib.layer_names(state_lib.unrolled(model), input_shape)
+  use_onednn = steps_lib.uses_onednn(config.cpu_convolutions, mesh)
+  if config.cpu_convolutions == "onednn" and not use_onednn:
+    logging.info("cpu_convolutions=onednn: oneDNN not used (%s); XLA's Eigen convolutions run",
+                 onednn.unavailable_reason() or f"{mesh.size} devices")
   data_kwargs = dict(prepare_batch=prepare_batch, mean=dataset.mean, std=dataset.std,
                      num_classes=config.num_classes, mesh=mesh, state_sharding=state_sharding,
-                     xla_options=steps_lib.compiler_options(config.cpu_convolutions))
+                     xla_options=steps_lib.compiler_options(config.cpu_convolutions),
+                     use_onednn=use_onednn)
   train_step = steps_lib.make_train_step(
       model, tx, schedule, augment=bool(config.augment), label_smoothing=config.label_smoothing,
       layer_names=layer_names, **data_kwargs)

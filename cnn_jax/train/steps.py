@@ -23,6 +23,7 @@ import optax
 from jax.sharding import Mesh
 
 from cnn_jax import xla_options
+from cnn_jax.ops import onednn
 from cnn_jax.train import sharding as sharding_lib
 from cnn_jax.train.state import TrainState
 
@@ -54,7 +55,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 # 8x8 64->64 18.8 vs 9.3 ms; weight-gradient convs 3x faster), and the ResNet-20 train step
 # was 1.2x (hand) to 1.6x (autodiff) faster with Eigen (docs/benchmarks.md, "Convolutions in
 # Eigen, not YNNPACK"). "eigen" keeps YNNPACK for dots only; "xla_default" leaves XLA's choice.
-CPU_CONVOLUTIONS = ("eigen", "xla_default")
+# "onednn" (the default) also runs the hand-written ops' float32 1-D/2-D ungrouped convolutions,
+# forward and backward, on oneDNN through XLA's FFI where it is built (cnn_jax.ops.onednn:
+# ResNet-20 train step 1.45x faster, docs/benchmarks.md, "oneDNN convolutions through XLA's
+# FFI"), with Eigen for every other convolution; on one device only (the FFI call is not
+# partitioned over a mesh).
+CPU_CONVOLUTIONS = ("onednn", "eigen", "xla_default")
 
 
 def check_cpu_convolutions(cpu_convolutions: str) -> None:
@@ -68,16 +74,32 @@ def compiler_options(cpu_convolutions: str = "eigen") -> dict[str, str | int]:
   """XLA compiler options for the steps' ``jax.jit`` (``{}`` off the CPU backend).
 
   On CPU: ``xla_options.optimization_level()`` (faster compiles), and with
-  ``cpu_convolutions="eigen"`` convolutions in Eigen instead of YNNPACK.
+  ``cpu_convolutions="eigen"`` or ``"onednn"`` XLA's own convolutions in Eigen instead of
+  YNNPACK.
 
   Raises:
     ValueError: ``cpu_convolutions`` is not one of ``CPU_CONVOLUTIONS``.
   """
   check_cpu_convolutions(cpu_convolutions)
   options: dict[str, str | int] = dict(xla_options.optimization_level())
-  if cpu_convolutions == "eigen" and jax.default_backend() == "cpu":
+  if cpu_convolutions in ("onednn", "eigen") and jax.default_backend() == "cpu":
     options["xla_cpu_experimental_ynn_fusion_type"] = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
   return options
+
+
+def uses_onednn(cpu_convolutions: str, mesh: Mesh) -> bool:
+  """Whether steps built with this choice run the hand ops' convolutions on oneDNN:
+  ``"onednn"``, one device, and the library available (``cnn_jax.ops.onednn.available``)."""
+  check_cpu_convolutions(cpu_convolutions)
+  return cpu_convolutions == "onednn" and mesh.size == 1 and onednn.available()
+
+
+def _with_onednn(fn: Callable, enabled: bool) -> Callable:
+  # The choice is read while jax.jit traces fn, so it is part of the compiled step.
+  def traced(*args):
+    with onednn.use(enabled):
+      return fn(*args)
+  return traced
 
 
 def global_norm(tree) -> jax.Array:
@@ -148,7 +170,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
                     prepare_batch: Callable, mean: np.ndarray, std: np.ndarray, augment: bool,
                     num_classes: int, label_smoothing: float = 0.0,
                     layer_names: Sequence[str] = (), mesh: Mesh, state_sharding,
-                    xla_options: dict[str, str] | None = None,
+                    xla_options: dict[str, str] | None = None, use_onednn: bool = False,
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Builds the jitted ``train_step(state, batch) -> (state, metrics)``.
 
@@ -168,6 +190,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     mesh: the data mesh.
     state_sharding: pytree of shardings matching the state (replicated).
     xla_options: XLA compiler options (``compiler_options``); ``None``: XLA's defaults.
+    use_onednn: run the hand ops' convolutions on oneDNN where they can (``uses_onednn``).
   Returns:
     The compiled step. Metrics are replicated float32 scalars (and a dict of them).
   """
@@ -207,21 +230,22 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
                               opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(step_fn, in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
+  return jax.jit(_with_onednn(step_fn, use_onednn),
+                 in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
                  out_shardings=(state_sharding, sharding_lib.replicated(mesh)),
                  donate_argnums=0, compiler_options=xla_options)
 
 
 def make_eval_step(model, *, prepare_batch: Callable, mean: np.ndarray, std: np.ndarray,
                    num_classes: int, mesh: Mesh, state_sharding,
-                   xla_options: dict[str, str] | None = None,
+                   xla_options: dict[str, str] | None = None, use_onednn: bool = False,
                    ) -> Callable[[TrainState, dict], dict]:
   """Builds the jitted ``eval_step(state, batch) -> metrics`` (sums, see module doc).
 
   The batch may carry ``"mask"`` (float32 ``(N,)``, 0 for padding rows). Returns
   ``{"loss_sum", "correct", "count"}`` replicated float32 scalars. Uses BN running statistics
   (``train=False``) and no augmentation. Loss is the plain cross-entropy (no smoothing).
-  ``xla_options``: as in ``make_train_step``.
+  ``xla_options``, ``use_onednn``: as in ``make_train_step``.
   """
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
@@ -237,7 +261,8 @@ def make_eval_step(model, *, prepare_batch: Callable, mean: np.ndarray, std: np.
     return {"loss_sum": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
             "count": jnp.sum(mask)}
 
-  return jax.jit(eval_fn, in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
+  return jax.jit(_with_onednn(eval_fn, use_onednn),
+                 in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
                  out_shardings=sharding_lib.replicated(mesh), compiler_options=xla_options)
 
 

@@ -1,0 +1,268 @@
+"""oneDNN's convolutions inside jitted JAX code on the CPU, through XLA's FFI.
+
+XLA's CPU backend runs convolutions with Eigen (or YNNPACK), 1.5-2.5x slower on this project's
+ResNet layers than oneDNN, the library PyTorch's CPU convolutions use (docs/benchmarks.md,
+"oneDNN convolutions through XLA's FFI"). XLA cannot reach oneDNN's convolutions itself here
+(its oneDNN convolution rewrite is compiled only into MKL builds of XLA), so
+``onednn_conv.cc`` wraps them as three FFI handlers (forward, input gradient, weight
+gradient), built against the pinned ``onednn-cpu-gomp`` wheel by ``python -m
+cnn_jax.ops.onednn build`` (``make`` runs it).
+
+``correlate(x, w, spec)`` is differentiable to any order: each of the three is linear in each
+argument, and the vector-Jacobian products of each are the other two (derived at
+``_forward``), so grad-of-grad stays on oneDNN too.
+
+``ops.hand.correlate`` / ``convolve`` call this where ``applies`` (float32, 1-D or 2-D,
+ungrouped, zero padding, on the CPU, the library built, and not switched off); everything
+else runs XLA's convolutions as before. Switched off by ``use(False)`` around tracing (the
+trainer does so for ``cpu_convolutions="eigen"`` / ``"xla_default"``) or for a whole process
+by the environment variable ``CNN_JAX_ONEDNN=0``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ctypes
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnn_jax.ops import correlation
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
+LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_onednn_conv.so")
+DISABLE_VARIABLE = "CNN_JAX_ONEDNN"
+_TARGETS = {"forward": "CnnJaxOnednnConvForward",
+            "input_grad": "CnnJaxOnednnConvBackwardData",
+            "weight_grad": "CnnJaxOnednnConvBackwardWeights"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Build and load
+# ---------------------------------------------------------------------------------------------
+
+
+def _onednn_prefix() -> str:
+  # The onednn wheels install their data (lib/libdnnl.so*, include/oneapi/dnnl/) under the
+  # environment's prefix.
+  return sys.prefix
+
+
+def build() -> tuple[bool, str]:
+  """Compiles ``onednn_conv.cc`` into ``_onednn_conv.so`` next to it (atomically).
+
+  Returns:
+    ``(built, message)``: one line saying what happened, or what is missing and how to get it.
+  """
+  compiler = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+  prefix = _onednn_prefix()
+  include = os.path.join(prefix, "include")
+  libdir = os.path.join(prefix, "lib")
+  if compiler is None:
+    return False, ("oneDNN convolutions not built: no C++ compiler (g++) found; install one "
+                   "and run `python -m cnn_jax.ops.onednn build` (XLA's convolutions are used "
+                   "meanwhile)")
+  if not os.path.exists(os.path.join(include, "oneapi", "dnnl", "dnnl.hpp")):
+    return False, (f"oneDNN convolutions not built: no oneDNN headers under {include}; "
+                   "`pip install -r requirements.txt` installs onednn-devel-cpu-gomp")
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(LIBRARY))
+  os.close(fd)
+  command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", SOURCE, "-o", tmp,
+             f"-I{jax.ffi.include_dir()}", f"-I{include}", f"-L{libdir}", "-ldnnl",
+             f"-Wl,-rpath,{libdir}"]
+  result = subprocess.run(command, capture_output=True, text=True, check=False)
+  if result.returncode != 0:
+    os.unlink(tmp)
+    lines = result.stderr.strip().splitlines() or ["(no output)"]
+    first_error = next((line for line in lines if "error" in line), lines[-1])
+    return False, f"oneDNN convolutions not built: {compiler} failed: {first_error}"
+  os.chmod(tmp, 0o755)
+  os.replace(tmp, LIBRARY)
+  return True, f"built {LIBRARY}"
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> str | None:
+  """Loads the built library and registers its handlers; ``None`` on success, else why not."""
+  if not os.path.exists(LIBRARY):
+    return f"{LIBRARY} is not built (run `make` or `python -m cnn_jax.ops.onednn build`)"
+  if os.path.getmtime(LIBRARY) < os.path.getmtime(SOURCE):
+    return f"{LIBRARY} is older than {SOURCE}: rebuild it (`python -m cnn_jax.ops.onednn build`)"
+  try:
+    library = ctypes.cdll.LoadLibrary(LIBRARY)
+  except OSError as error:
+    return f"cannot load {LIBRARY}: {error}"
+  for target in _TARGETS.values():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)),
+                                platform="cpu")
+  return None
+
+
+def unavailable_reason() -> str | None:
+  """Why oneDNN's convolutions cannot run here, or ``None`` if they can."""
+  if os.environ.get(DISABLE_VARIABLE, "1") == "0":
+    return f"switched off by {DISABLE_VARIABLE}=0"
+  if jax.default_backend() != "cpu":
+    return f"the default backend is {jax.default_backend()}, not the CPU"
+  return _load()
+
+
+def available() -> bool:
+  """Whether oneDNN's convolutions are built, loadable and not switched off."""
+  return unavailable_reason() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# When they are used
+# ---------------------------------------------------------------------------------------------
+
+_USE = contextvars.ContextVar("cnn_jax_onednn_use", default=None)
+
+
+@contextlib.contextmanager
+def use(enabled: bool):
+  """Within the block (read at trace time), ``applies`` is False if ``enabled`` is False.
+
+  ``use(True)`` restores the default (oneDNN wherever ``available``); it cannot make an
+  unavailable library run.
+  """
+  token = _USE.set(bool(enabled))
+  try:
+    yield
+  finally:
+    _USE.reset(token)
+
+
+def applies(x, w, spec: correlation.WindowSpec, groups: int) -> bool:
+  """Whether ``correlate(x, w, spec)`` here would run on oneDNN: float32, 1-D or 2-D,
+  ungrouped, zero (not circular) padding, switched on and available."""
+  return (_USE.get() is not False and spec.num_dims in (1, 2) and groups == 1
+          and not spec.circular and x.dtype == jnp.float32 and w.dtype == jnp.float32
+          and available())
+
+
+# ---------------------------------------------------------------------------------------------
+# The differentiable op
+# ---------------------------------------------------------------------------------------------
+
+
+def _attributes(geometry):
+  stride, dilation, pads = geometry
+  return dict(stride=np.asarray(stride, np.int64), dilation=np.asarray(dilation, np.int64),
+              pad_lo=np.asarray([lo for lo, _ in pads], np.int64),
+              pad_hi=np.asarray([hi for _, hi in pads], np.int64))
+
+
+def _call(kind, out_shape, a, b, geometry):
+  return jax.ffi.ffi_call(_TARGETS[kind], jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                          vmap_method="sequential")(a, b, **_attributes(geometry))
+
+
+def _out_shape(x_shape, w_shape, geometry):
+  stride, dilation, pads = geometry
+  spatial = tuple((n + lo + hi - ((k - 1) * d + 1)) // s + 1
+                  for n, k, s, d, (lo, hi) in zip(x_shape[1:3], w_shape[:2], stride, dilation,
+                                                  pads))
+  return (x_shape[0],) + spatial + (w_shape[-1],)
+
+
+# With A_w the correlation x -> y = forward(x, w), linear in x and in w:
+#   input_grad(g, w) = A_w^T g, and <ct, A_w^T g> = <A_w ct, g>, so its VJP is
+#     d/dg = forward(ct, w), d/dw = weight_grad(ct, g);
+#   weight_grad(x, g) = the w-gradient of <A_w x, g>, so <ct_w, weight_grad(x, g)> =
+#     <A_{ct_w} x, g>, and its VJP is d/dx = input_grad(g, ct_w), d/dg = forward(x, ct_w).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _forward(x, w, geometry):
+  return _call("forward", _out_shape(x.shape, w.shape, geometry), x, w, geometry)
+
+
+def _forward_fwd(x, w, geometry):
+  return _forward(x, w, geometry), (x, w)
+
+
+def _forward_bwd(geometry, residuals, g):
+  x, w = residuals
+  return (_input_grad(g, w, geometry, x.shape), _weight_grad(x, g, geometry, w.shape))
+
+
+_forward.defvjp(_forward_fwd, _forward_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _input_grad(g, w, geometry, x_shape):
+  return _call("input_grad", x_shape, g, w, geometry)
+
+
+def _input_grad_fwd(g, w, geometry, x_shape):
+  return _input_grad(g, w, geometry, x_shape), (g, w)
+
+
+def _input_grad_bwd(geometry, x_shape, residuals, ct):
+  g, w = residuals
+  return (_forward(ct, w, geometry), _weight_grad(ct, g, geometry, w.shape))
+
+
+_input_grad.defvjp(_input_grad_fwd, _input_grad_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _weight_grad(x, g, geometry, w_shape):
+  return _call("weight_grad", w_shape, x, g, geometry)
+
+
+def _weight_grad_fwd(x, g, geometry, w_shape):
+  return _weight_grad(x, g, geometry, w_shape), (x, g)
+
+
+def _weight_grad_bwd(geometry, w_shape, residuals, ct):
+  x, g = residuals
+  return (_input_grad(g, ct, geometry, x.shape), _forward(x, ct, geometry))
+
+
+_weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
+
+
+def correlate(x: jax.Array, w: jax.Array, spec: correlation.WindowSpec) -> jax.Array:
+  """``ops.correlate(x, w, ...)`` on oneDNN for a ``spec`` where ``applies``.
+
+  Args:
+    x: ``(N, *spatial, C_in)`` float32, 1 or 2 spatial dims.
+    w: ``(*kernel, C_in, C_out)`` float32.
+    spec: the window spec (``correlation.window_spec``), zero padding.
+
+  Returns:
+    ``(N, *spec.out_spatial, C_out)``.
+  """
+  if spec.num_dims == 1:  # as a 2-D correlation over a height of 1
+    geometry = ((1,) + spec.stride, (1,) + spec.dilation, ((0, 0),) + spec.pads)
+    y = _forward(x[:, None], w[None], geometry)
+    return y[:, 0]
+  return _forward(x, w, (spec.stride, spec.dilation, spec.pads))
+
+
+def main(argv=None) -> int:
+  """``python -m cnn_jax.ops.onednn build`` (prints one line; exit 0 either way, since the
+  library falls back to XLA's convolutions) or ``status``."""
+  args = sys.argv[1:] if argv is None else argv
+  if args == ["build"]:
+    _, message = build()
+    print(message)
+    return 0
+  if args == ["status"]:
+    reason = unavailable_reason()
+    print("oneDNN convolutions: " + ("available" if reason is None else f"unavailable: {reason}"))
+    return 0
+  print("usage: python -m cnn_jax.ops.onednn build|status", file=sys.stderr)
+  return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

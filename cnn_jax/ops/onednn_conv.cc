@@ -1,0 +1,206 @@
+// oneDNN's 2-D convolutions as XLA FFI handlers: forward, backward data, backward weights.
+//
+// Built by `python -m cnn_jax.ops.onednn build` (called by `make`) against the pinned
+// onednn-cpu-gomp wheel; loaded and wrapped as differentiable JAX functions by
+// cnn_jax/ops/onednn.py, which documents the contract. Every handler takes float32 arrays in
+// the layouts cnn_jax uses everywhere (activations (N, H, W, C), kernels (KH, KW, C_in,
+// C_out)), so no transposes run on the XLA side; oneDNN picks its own kernel layout and the
+// handlers reorder the (small) kernel to and from it. Attributes: stride, dilation (1 = dense),
+// pad_lo, pad_hi, two int64 each, as in cnn_jax.ops.correlation.WindowSpec.
+
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// oneDNN's logical dims: activations (N, C, H, W), kernels (O, I, KH, KW); dilation counts the
+// skipped entries (0 = dense).
+struct Geometry {
+  memory::dims src, wei, dst, strides, dilates, pad_l, pad_r;
+};
+
+Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                      ffi::Span<const int64_t> y, ffi::Span<const int64_t> stride,
+                      ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
+                      ffi::Span<const int64_t> pad_hi) {
+  Geometry g;
+  g.src = {x[0], x[3], x[1], x[2]};
+  g.wei = {w[3], w[2], w[0], w[1]};
+  g.dst = {y[0], y[3], y[1], y[2]};
+  g.strides = {stride[0], stride[1]};
+  g.dilates = {dilation[0] - 1, dilation[1] - 1};
+  g.pad_l = {pad_lo[0], pad_lo[1]};
+  g.pad_r = {pad_hi[0], pad_hi[1]};
+  return g;
+}
+
+memory::desc Activations(const memory::dims& dims) {
+  return memory::desc(dims, memory::data_type::f32, memory::format_tag::nhwc);
+}
+memory::desc UserKernel(const memory::dims& dims) {
+  return memory::desc(dims, memory::data_type::f32, memory::format_tag::hwio);
+}
+memory::desc AnyKernel(const memory::dims& dims) {
+  return memory::desc(dims, memory::data_type::f32, memory::format_tag::any);
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      Activations(g.src), AnyKernel(g.wei), Activations(g.dst), g.strides, g.dilates, g.pad_l,
+      g.pad_r);
+}
+
+// A primitive and the kernel layout it wants; created once per (kind, geometry).
+struct Cached {
+  dnnl::primitive primitive;
+  memory::desc kernel;
+};
+
+std::string Key(const char* kind, const Geometry& g) {
+  std::string key(kind);
+  for (const auto* dims : {&g.src, &g.wei, &g.dst, &g.strides, &g.dilates, &g.pad_l, &g.pad_r}) {
+    for (auto d : *dims) key += "," + std::to_string(d);
+    key += ";";
+  }
+  return key;
+}
+
+template <typename Make>
+Cached Lookup(const std::string& key, Make make) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, Cached> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, make()).first;
+  return it->second;
+}
+
+// The user's (KH, KW, I, O) kernel in the layout `want`: the buffer itself, or a reordered copy.
+memory KernelIn(const memory::desc& want, memory user, dnnl::stream& stream) {
+  if (want == user.get_desc()) return user;
+  memory reordered(want, Engine());
+  dnnl::reorder(user, reordered).execute(stream, user, reordered);
+  return reordered;
+}
+
+ffi::Error ForwardUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> stride,
+                   ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
+                   ffi::Span<const int64_t> pad_hi) {
+  Geometry g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride, dilation,
+                            pad_lo, pad_hi);
+  Cached c = Lookup(Key("forward", g), [&] {
+    auto desc = ForwardDesc(g);
+    return Cached{dnnl::primitive(desc), desc.weights_desc()};
+  });
+  dnnl::stream stream(Engine());
+  memory src(Activations(g.src), Engine(), x.typed_data());
+  memory kernel = KernelIn(c.kernel, memory(UserKernel(g.wei), Engine(), w.typed_data()), stream);
+  memory dst(Activations(g.dst), Engine(), y->typed_data());
+  c.primitive.execute(stream,
+                      {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, dst}});
+  stream.wait();
+  return ffi::Error::Success();
+}
+
+ffi::Error BackwardDataUnchecked(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                        ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> stride,
+                        ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
+                        ffi::Span<const int64_t> pad_hi) {
+  Geometry g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride, dilation,
+                            pad_lo, pad_hi);
+  Cached c = Lookup(Key("backward_data", g), [&] {
+    auto desc = dnnl::convolution_backward_data::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, Activations(g.src), AnyKernel(g.wei),
+        Activations(g.dst), g.strides, g.dilates, g.pad_l, g.pad_r, ForwardDesc(g));
+    return Cached{dnnl::primitive(desc), desc.weights_desc()};
+  });
+  dnnl::stream stream(Engine());
+  memory diff_src(Activations(g.src), Engine(), dx->typed_data());
+  memory kernel = KernelIn(c.kernel, memory(UserKernel(g.wei), Engine(), w.typed_data()), stream);
+  memory diff_dst(Activations(g.dst), Engine(), dy.typed_data());
+  c.primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, diff_src},
+                               {DNNL_ARG_WEIGHTS, kernel},
+                               {DNNL_ARG_DIFF_DST, diff_dst}});
+  stream.wait();
+  return ffi::Error::Success();
+}
+
+ffi::Error BackwardWeightsUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                           ffi::ResultBuffer<ffi::F32> dw, ffi::Span<const int64_t> stride,
+                           ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
+                           ffi::Span<const int64_t> pad_hi) {
+  Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride, dilation,
+                            pad_lo, pad_hi);
+  Cached c = Lookup(Key("backward_weights", g), [&] {
+    auto desc = dnnl::convolution_backward_weights::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, Activations(g.src), AnyKernel(g.wei),
+        Activations(g.dst), g.strides, g.dilates, g.pad_l, g.pad_r, ForwardDesc(g));
+    return Cached{dnnl::primitive(desc), desc.diff_weights_desc()};
+  });
+  dnnl::stream stream(Engine());
+  memory src(Activations(g.src), Engine(), x.typed_data());
+  memory user_kernel(UserKernel(g.wei), Engine(), dw->typed_data());
+  bool reorder = c.kernel != user_kernel.get_desc();
+  memory kernel = reorder ? memory(c.kernel, Engine()) : user_kernel;
+  memory diff_dst(Activations(g.dst), Engine(), dy.typed_data());
+  c.primitive.execute(stream, {{DNNL_ARG_SRC, src},
+                               {DNNL_ARG_DIFF_WEIGHTS, kernel},
+                               {DNNL_ARG_DIFF_DST, diff_dst}});
+  if (reorder) dnnl::reorder(kernel, user_kernel).execute(stream, kernel, user_kernel);
+  stream.wait();
+  return ffi::Error::Success();
+}
+
+// oneDNN reports failures as C++ exceptions, which must not cross the FFI's C boundary.
+template <typename... Args>
+ffi::Error Checked(ffi::Error (*run)(Args...), Args... args) {
+  try {
+    return run(args...);
+  } catch (const std::exception& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
+  }
+}
+
+#define CNN_JAX_CHECKED(NAME)                                                                \
+  ffi::Error NAME(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,                          \
+                  ffi::ResultBuffer<ffi::F32> out, ffi::Span<const int64_t> stride,          \
+                  ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,        \
+                  ffi::Span<const int64_t> pad_hi) {                                         \
+    return Checked(&NAME##Unchecked, a, b, out, stride, dilation, pad_lo, pad_hi);           \
+  }
+CNN_JAX_CHECKED(Forward)
+CNN_JAX_CHECKED(BackwardData)
+CNN_JAX_CHECKED(BackwardWeights)
+
+}  // namespace
+
+#define CNN_JAX_CONV_BINDING                            \
+  ffi::Ffi::Bind()                                      \
+      .Arg<ffi::Buffer<ffi::F32>>()                     \
+      .Arg<ffi::Buffer<ffi::F32>>()                     \
+      .Ret<ffi::Buffer<ffi::F32>>()                     \
+      .Attr<ffi::Span<const int64_t>>("stride")         \
+      .Attr<ffi::Span<const int64_t>>("dilation")       \
+      .Attr<ffi::Span<const int64_t>>("pad_lo")         \
+      .Attr<ffi::Span<const int64_t>>("pad_hi")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvForward, Forward, CNN_JAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardData, BackwardData, CNN_JAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardWeights, BackwardWeights,
+                              CNN_JAX_CONV_BINDING);
