@@ -32,6 +32,8 @@ Formulations (``x``: ``(N, H, W, C)``, ``w``: ``(3, 3, C, O)``, cotangent ``g``:
     dw/patches       lax.conv_general_dilated_patches, then patches^T (9C, N Ho Wo) @ g
     dw/slices        9 strided slices concatenated (no conv), then one matmul (9C, NP) @ (NP, O)
     dw/taps          one (C, N Ho Wo) @ (N Ho Wo, O) matmul per tap, stacked
+  on oneDNN through XLA's FFI (cnn_jax.ops.onednn; listed first, and only where it is built)
+    fwd/onednn, dx/onednn, dw/onednn
 """
 
 from __future__ import annotations
@@ -143,7 +145,24 @@ def formulations(stride: int):
             .reshape(-1, x.shape[-1]).T @ g2 for i in range(3) for j in range(3)]
     return jnp.stack(taps).reshape(w.shape)
 
-  return {
+  from cnn_jax.ops import correlation, onednn  # pylint: disable=g-import-not-at-top
+
+  def on_onednn(x, w):
+    spec = correlation.window_spec(x.shape, (3, 3), stride, PAD, 1)
+    return onednn.correlate(x, w, spec)
+
+  def fwd_onednn(x, w):
+    return on_onednn(x, w)
+
+  def dx_onednn(x, w, g):
+    return jax.vjp(lambda x_: on_onednn(x_, w), x)[1](g)[0]
+
+  def dw_onednn(x, w, g):
+    return jax.vjp(lambda w_: on_onednn(x, w_), w)[1](g)[0]
+
+  library = {"fwd/onednn": (fwd_onednn, ("x", "w")), "dx/onednn": (dx_onednn, ("x", "w", "g")),
+             "dw/onednn": (dw_onednn, ("x", "w", "g"))} if onednn.available() else {}
+  return library | {
       "fwd/xla": (fwd_xla, ("x", "w")), "fwd/nchw": (fwd_nchw, ("x_nchw", "w_oihw")),
       "fwd/im2col": (fwd_im2col, ("x", "w")),
       "dx/autodiff": (dx_autodiff, ("x", "w", "g")),

@@ -58,17 +58,28 @@ memory::desc AnyKernel(const memory::dims& dims) {
   return memory::desc(dims, memory::data_type::f32, memory::format_tag::any);
 }
 
+// Each call brings its own scratchpad: XLA runs independent ops on several threads at once,
+// and oneDNN's default (library-owned, global) scratchpad is not safe for concurrent
+// executions (seen as crashes in gemm-based convolutions' im2col buffers).
+dnnl::primitive_attr Attributes() {
+  dnnl::primitive_attr attributes;
+  attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attributes;
+}
+
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
       Activations(g.src), AnyKernel(g.wei), Activations(g.dst), g.strides, g.dilates, g.pad_l,
-      g.pad_r);
+      g.pad_r, Attributes());
 }
 
-// A primitive and the kernel layout it wants; created once per (kind, geometry).
+// A primitive, the kernel layout it wants and its scratchpad; created once per (kind,
+// geometry).
 struct Cached {
   dnnl::primitive primitive;
   memory::desc kernel;
+  memory::desc scratchpad;
 };
 
 std::string Key(const char* kind, const Geometry& g) {
@@ -90,11 +101,20 @@ Cached Lookup(const std::string& key, Make make) {
   return it->second;
 }
 
+// A reorder (layout change) with its own scratchpad, like the convolutions.
+void Reorder(memory& from, memory& to, dnnl::stream& stream) {
+  dnnl::reorder::primitive_desc desc(from, to, Attributes());
+  memory scratchpad(desc.scratchpad_desc(), Engine());
+  dnnl::reorder(desc).execute(stream, {{DNNL_ARG_FROM, from},
+                                       {DNNL_ARG_TO, to},
+                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
+}
+
 // The user's (KH, KW, I, O) kernel in the layout `want`: the buffer itself, or a reordered copy.
 memory KernelIn(const memory::desc& want, memory user, dnnl::stream& stream) {
   if (want == user.get_desc()) return user;
   memory reordered(want, Engine());
-  dnnl::reorder(user, reordered).execute(stream, user, reordered);
+  Reorder(user, reordered, stream);
   return reordered;
 }
 
@@ -106,14 +126,17 @@ ffi::Error ForwardUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                             pad_lo, pad_hi);
   Cached c = Lookup(Key("forward", g), [&] {
     auto desc = ForwardDesc(g);
-    return Cached{dnnl::primitive(desc), desc.weights_desc()};
+    return Cached{dnnl::primitive(desc), desc.weights_desc(), desc.scratchpad_desc()};
   });
   dnnl::stream stream(Engine());
   memory src(Activations(g.src), Engine(), x.typed_data());
   memory kernel = KernelIn(c.kernel, memory(UserKernel(g.wei), Engine(), w.typed_data()), stream);
   memory dst(Activations(g.dst), Engine(), y->typed_data());
-  c.primitive.execute(stream,
-                      {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, dst}});
+  memory scratchpad(c.scratchpad, Engine());
+  c.primitive.execute(stream, {{DNNL_ARG_SRC, src},
+                               {DNNL_ARG_WEIGHTS, kernel},
+                               {DNNL_ARG_DST, dst},
+                               {DNNL_ARG_SCRATCHPAD, scratchpad}});
   stream.wait();
   return ffi::Error::Success();
 }
@@ -127,16 +150,19 @@ ffi::Error BackwardDataUnchecked(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32>
   Cached c = Lookup(Key("backward_data", g), [&] {
     auto desc = dnnl::convolution_backward_data::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, Activations(g.src), AnyKernel(g.wei),
-        Activations(g.dst), g.strides, g.dilates, g.pad_l, g.pad_r, ForwardDesc(g));
-    return Cached{dnnl::primitive(desc), desc.weights_desc()};
+        Activations(g.dst), g.strides, g.dilates, g.pad_l, g.pad_r, ForwardDesc(g),
+        Attributes());
+    return Cached{dnnl::primitive(desc), desc.weights_desc(), desc.scratchpad_desc()};
   });
   dnnl::stream stream(Engine());
   memory diff_src(Activations(g.src), Engine(), dx->typed_data());
   memory kernel = KernelIn(c.kernel, memory(UserKernel(g.wei), Engine(), w.typed_data()), stream);
   memory diff_dst(Activations(g.dst), Engine(), dy.typed_data());
+  memory scratchpad(c.scratchpad, Engine());
   c.primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, diff_src},
                                {DNNL_ARG_WEIGHTS, kernel},
-                               {DNNL_ARG_DIFF_DST, diff_dst}});
+                               {DNNL_ARG_DIFF_DST, diff_dst},
+                               {DNNL_ARG_SCRATCHPAD, scratchpad}});
   stream.wait();
   return ffi::Error::Success();
 }
@@ -150,8 +176,9 @@ ffi::Error BackwardWeightsUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F3
   Cached c = Lookup(Key("backward_weights", g), [&] {
     auto desc = dnnl::convolution_backward_weights::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, Activations(g.src), AnyKernel(g.wei),
-        Activations(g.dst), g.strides, g.dilates, g.pad_l, g.pad_r, ForwardDesc(g));
-    return Cached{dnnl::primitive(desc), desc.diff_weights_desc()};
+        Activations(g.dst), g.strides, g.dilates, g.pad_l, g.pad_r, ForwardDesc(g),
+        Attributes());
+    return Cached{dnnl::primitive(desc), desc.diff_weights_desc(), desc.scratchpad_desc()};
   });
   dnnl::stream stream(Engine());
   memory src(Activations(g.src), Engine(), x.typed_data());
@@ -159,10 +186,12 @@ ffi::Error BackwardWeightsUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F3
   bool reorder = c.kernel != user_kernel.get_desc();
   memory kernel = reorder ? memory(c.kernel, Engine()) : user_kernel;
   memory diff_dst(Activations(g.dst), Engine(), dy.typed_data());
+  memory scratchpad(c.scratchpad, Engine());
   c.primitive.execute(stream, {{DNNL_ARG_SRC, src},
                                {DNNL_ARG_DIFF_WEIGHTS, kernel},
-                               {DNNL_ARG_DIFF_DST, diff_dst}});
-  if (reorder) dnnl::reorder(kernel, user_kernel).execute(stream, kernel, user_kernel);
+                               {DNNL_ARG_DIFF_DST, diff_dst},
+                               {DNNL_ARG_SCRATCHPAD, scratchpad}});
+  if (reorder) Reorder(kernel, user_kernel, stream);
   stream.wait();
   return ffi::Error::Success();
 }
