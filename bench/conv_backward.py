@@ -147,18 +147,15 @@ def formulations(stride: int):
 
   from cnn_jax.ops import correlation, onednn  # pylint: disable=g-import-not-at-top
 
-  def on_onednn(x, w):
+  def fwd_onednn(x, w):
     spec = correlation.window_spec(x.shape, (3, 3), stride, PAD, 1)
     return onednn.correlate(x, w, spec)
 
-  def fwd_onednn(x, w):
-    return on_onednn(x, w)
-
   def dx_onednn(x, w, g):
-    return jax.vjp(lambda x_: on_onednn(x_, w), x)[1](g)[0]
+    return jax.vjp(lambda x_: fwd_onednn(x_, w), x)[1](g)[0]
 
   def dw_onednn(x, w, g):
-    return jax.vjp(lambda w_: on_onednn(x, w_), w)[1](g)[0]
+    return jax.vjp(lambda w_: fwd_onednn(x, w_), w)[1](g)[0]
 
   library = {"fwd/onednn": (fwd_onednn, ("x", "w")), "dx/onednn": (dx_onednn, ("x", "w", "g")),
              "dw/onednn": (dw_onednn, ("x", "w", "g"))} if onednn.available() else {}

@@ -86,8 +86,7 @@ def main(argv=None):
   step, _ = train_step.make_jax_trainer(
       model, args.batch, args.image_size, 1,
       xla_options=steps_lib.compiler_options(args.cpu_convolutions),
-      use_onednn=steps_lib.uses_onednn(args.cpu_convolutions,
-                                       jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])))
+      use_onednn=steps_lib.uses_onednn(args.cpu_convolutions, 1))
   step().block_until_ready()
   start = time.perf_counter()
   for _ in range(args.steps):

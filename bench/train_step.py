@@ -283,11 +283,10 @@ def run(args) -> dict:
     if dtype != "float32":
       label += f"_{dtype}"
     model, impl = build_model(args, grad, dtype)
-    mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices])
     step, compile_seconds[label] = make_jax_trainer(
         model, args.batch, args.image_size, devices, run_once=not args.compile_only,
         xla_options=steps_lib.compiler_options(cpu_convolutions),
-        use_onednn=steps_lib.uses_onednn(cpu_convolutions, mesh))
+        use_onednn=steps_lib.uses_onednn(cpu_convolutions, devices))
     runners[label] = (step, lambda out: out.block_until_ready())
   if args.compile_only:
     return {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,

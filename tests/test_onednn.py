@@ -7,7 +7,6 @@ terms stays within ~1e-6 of the largest entry. 1e-5 relative to the largest entr
 """
 
 import shutil
-import types
 
 import jax
 import jax.numpy as jnp
@@ -127,9 +126,8 @@ def test_other_convolutions_stay_on_xla_with_the_same_values(rng, case):
 
 
 def test_trainer_takes_onednn_only_when_asked_on_one_device():
-  one = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
-  assert steps_lib.uses_onednn("onednn", one)
-  assert not steps_lib.uses_onednn("eigen", one)
-  assert not steps_lib.uses_onednn("xla_default", one)
+  assert steps_lib.uses_onednn("onednn", 1)
+  assert not steps_lib.uses_onednn("eigen", 1)
+  assert not steps_lib.uses_onednn("xla_default", 1)
   # The FFI call is not partitioned: a mesh of several devices keeps XLA's convolutions.
-  assert not steps_lib.uses_onednn("onednn", types.SimpleNamespace(size=2))
+  assert not steps_lib.uses_onednn("onednn", 2)

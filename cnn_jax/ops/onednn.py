@@ -51,12 +51,6 @@ _TARGETS = {"forward": "CnnJaxOnednnConvForward",
 # ---------------------------------------------------------------------------------------------
 
 
-def _onednn_prefix() -> str:
-  # The onednn wheels install their data (lib/libdnnl.so*, include/oneapi/dnnl/) under the
-  # environment's prefix.
-  return sys.prefix
-
-
 def build() -> tuple[bool, str]:
   """Compiles ``onednn_conv.cc`` into ``_onednn_conv.so`` next to it (atomically).
 
@@ -64,9 +58,9 @@ def build() -> tuple[bool, str]:
     ``(built, message)``: one line saying what happened, or what is missing and how to get it.
   """
   compiler = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-  prefix = _onednn_prefix()
-  include = os.path.join(prefix, "include")
-  libdir = os.path.join(prefix, "lib")
+  # The onednn wheels install lib/libdnnl.so* and include/oneapi/dnnl/ under the environment.
+  include = os.path.join(sys.prefix, "include")
+  libdir = os.path.join(sys.prefix, "lib")
   if compiler is None:
     return False, ("oneDNN convolutions not built: no C++ compiler (g++) found; install one "
                    "and run `python -m cnn_jax.ops.onednn build` (XLA's convolutions are used "

@@ -325,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
 
   layer_names = state_lib.layer_names(model, input_shape)
   layer_order = state_lib.layer_names(state_lib.unrolled(model), input_shape)
-  use_onednn = steps_lib.uses_onednn(config.cpu_convolutions, mesh)
+  use_onednn = steps_lib.uses_onednn(config.cpu_convolutions, mesh.size)
   if config.cpu_convolutions == "onednn" and not use_onednn:
     logging.info("cpu_convolutions=onednn: oneDNN not used (%s); XLA's Eigen convolutions run",
                  onednn.unavailable_reason() or f"{mesh.size} devices")

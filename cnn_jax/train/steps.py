@@ -87,11 +87,11 @@ def compiler_options(cpu_convolutions: str = "eigen") -> dict[str, str | int]:
   return options
 
 
-def uses_onednn(cpu_convolutions: str, mesh: Mesh) -> bool:
+def uses_onednn(cpu_convolutions: str, num_devices: int) -> bool:
   """Whether steps built with this choice run the hand ops' convolutions on oneDNN:
   ``"onednn"``, one device, and the library available (``cnn_jax.ops.onednn.available``)."""
   check_cpu_convolutions(cpu_convolutions)
-  return cpu_convolutions == "onednn" and mesh.size == 1 and onednn.available()
+  return cpu_convolutions == "onednn" and num_devices == 1 and onednn.available()
 
 
 def _with_onednn(fn: Callable, enabled: bool) -> Callable:
