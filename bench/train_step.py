@@ -4,7 +4,7 @@
       [--compare=torch] [--torch_threads=T,...] [--steps=N] [--repeats=R]
       [--grad=autodiff,hand,...] [--devices=D,...] [--cpu_convolutions=onednn,eigen,xla_default]
       [--dtype=float32,bfloat16]
-      [--[no]scan] [--compile_only] [--matmul [--matmul_size=4096]]
+      [--[no]scan | --blocks=scan,unrolled] [--compile_only] [--matmul [--matmul_size=4096]]
 
 prints images/s, achieved GFLOP/s (``3 x forward FLOPs x images/s``: the backward pass of a
 conv costs two forward-sized products, one per operand) and the jit compile time of the step.
@@ -75,6 +75,9 @@ def _parse(argv):
                       help="nn.scan over each stage's repeated blocks (--noscan: unrolled); "
                       "default: the project model scans with grad=hand and unrolls with "
                       "grad=autodiff (what runs fast on CPU, docs/models.md), the twin unrolls")
+  parser.add_argument("--blocks", default="",
+                      help="comma-separated: scan, unrolled; time each (as --scan / --noscan) "
+                      "in the same run")
   parser.add_argument("--cpu_convolutions", default="onednn",
                       help="comma-separated: onednn (the trainer's default: the hand ops' "
                       "convolutions on oneDNN where built, cnn_jax.ops.onednn; XLA's own in "
@@ -121,6 +124,12 @@ def _parse(argv):
       parser.error(f"--dtype: {value!r} is not allowed: give some of float32, bfloat16")
   if args.dtype_list != ["float32"] and args.impl == "twin":
     parser.error("--dtype: the bench twin computes in float32 only; use --impl=project")
+  args.blocks_list = args.blocks.split(",") if args.blocks else [None]
+  for value in args.blocks_list:
+    if value not in (None, "scan", "unrolled"):
+      parser.error(f"--blocks: {value!r} is not allowed: give some of scan, unrolled")
+  if args.blocks and args.scan is not None:
+    parser.error("--blocks and --[no]scan are not allowed together: give one")
   args.cpu_convolutions_list = args.cpu_convolutions.split(",")
   for value in args.cpu_convolutions_list:
     if value not in ("onednn", "eigen", "xla_default"):
@@ -248,10 +257,18 @@ def _time_steps(step, steps, wait):
 
 
 def _variants(args):
-  """(grad, devices, cpu_convolutions, dtype) to time, from the comma-separated ``--grad``,
-  ``--devices``, ``--cpu_convolutions`` and ``--dtype``."""
-  return [(g, d, c, t) for t in args.dtype_list for c in args.cpu_convolutions_list
-          for d in args.devices_list for g in args.grad_list]
+  """(grad, devices, cpu_convolutions, dtype, blocks) to time, from the comma-separated
+  ``--grad``, ``--devices``, ``--cpu_convolutions``, ``--dtype`` and ``--blocks``."""
+  return [(g, d, c, t, b) for b in args.blocks_list for t in args.dtype_list
+          for c in args.cpu_convolutions_list for d in args.devices_list for g in args.grad_list]
+
+
+def with_blocks(args, blocks):
+  """``args`` for ``build_model`` with the block form of a ``--blocks`` variant set as ``scan``
+  (``blocks`` None: ``args`` as they are)."""
+  if blocks is None:
+    return args
+  return argparse.Namespace(**{**vars(args), "scan": blocks == "scan"})
 
 
 def run(args) -> dict:
@@ -276,13 +293,15 @@ def run(args) -> dict:
 
   runners, compile_seconds, impl = {}, {}, None
   from cnn_jax.train import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  for grad, devices, cpu_convolutions, dtype in _variants(args):
+  for grad, devices, cpu_convolutions, dtype, blocks in _variants(args):
     label = f"jax_{grad}_{devices}dev"
+    if len(args.blocks_list) > 1:
+      label += f"_{blocks}"
     if len(args.cpu_convolutions_list) > 1:
       label += f"_{cpu_convolutions}"
     if dtype != "float32":
       label += f"_{dtype}"
-    model, impl = build_model(args, grad, dtype)
+    model, impl = build_model(with_blocks(args, blocks), grad, dtype)
     step, compile_seconds[label] = make_jax_trainer(
         model, args.batch, args.image_size, devices, run_once=not args.compile_only,
         xla_options=steps_lib.compiler_options(cpu_convolutions),

@@ -119,6 +119,27 @@ def test_train_step_dtype_flag_builds_bfloat16_models_and_rejects_others(capsys)
   assert "--dtype" in capsys.readouterr().err
 
 
+def test_train_step_blocks_flag_times_scanned_and_unrolled_models(capsys):
+  """--blocks=scan,unrolled builds one model of each form (parameters stacked under ``blocks``
+  or not); an unknown form, or --blocks with --scan, is refused with exit code 2."""
+  # pylint: disable=protected-access
+  from bench import train_step  # pylint: disable=g-import-not-at-top
+  args = train_step._parse(["--depth=110", "--blocks=scan,unrolled", "--grad=hand",
+                            "--impl=project"])
+  variants = train_step._variants(args)
+  assert [v[-1] for v in variants] == ["scan", "unrolled"]
+  x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  for blocks in ("scan", "unrolled"):
+    model, _ = train_step.build_model(train_step.with_blocks(args, blocks), "hand")
+    shapes = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), x, train=False))
+    assert ("blocks" in shapes["params"]["stage2"]) == (blocks == "scan")
+  for bad in (["--blocks=scanned"], ["--blocks=scan", "--scan"]):
+    with pytest.raises(SystemExit) as error:
+      train_step._parse(bad)
+    assert error.value.code == 2
+  assert "--blocks" in capsys.readouterr().err
+
+
 def test_pools_bench_times_every_pool_both_ways_and_rejects_a_bad_shape(capsys):
   """bench.pools times each pool case under autodiff and by hand; a malformed --shape is
   refused with exit code 2 before jax runs anything."""

@@ -65,7 +65,8 @@ def test_trace_runs_no_computation():
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])
 def test_resnet_trace_lists_every_block_even_when_scanned(shortcut):
-  model = resnet.ResNet(num_classes=10, depth=26, width=4, shortcut=shortcut, scan_blocks=True)
+  model = resnet.ResNet(num_classes=10, depth=26, width=4, shortcut=shortcut, scan_blocks=True,
+                         min_scanned_blocks=3)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
   assert "blocks" in shapes["params"]["stage1"]  # scanned; the trace unrolls it by itself
   records = counting.trace_layers(model, (1, 16, 16, 3))

@@ -246,7 +246,8 @@ def unstack_scanned(tree):
 
 def test_scanned_and_unrolled_blocks_compute_the_same_function(rng):
   x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
-  scanned = resnet.ResNet(num_classes=5, depth=26, width=4, scan_blocks=True)
+  scanned = resnet.ResNet(num_classes=5, depth=26, width=4, scan_blocks=True,
+                          min_scanned_blocks=3)
   unrolled = scanned.clone(scan_blocks=False)
   variables = random_variables(scanned, x, rng)
   assert "blocks" in variables["params"]["stage1"]  # 4 blocks per stage: 1 + scan over 3
@@ -279,6 +280,20 @@ def test_resnext_block_grouped_form_equals_split_transform_merge(strides, rng):
     converted = resnext.split_from_grouped(new_grouped, 3)
     for a, b in zip(jax.tree.leaves(converted), jax.tree.leaves(new_split)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("depth,min_scanned,scanned", [
+    (56, None, False), (62, None, True), (110, None, True), (26, 3, True), (20, 3, False)])
+def test_stages_scan_from_min_scanned_blocks_repeated_blocks(depth, min_scanned, scanned):
+  # The default (9) leaves ResNet-56's 8 repeated blocks per stage unrolled, scans ResNet-62's 9.
+  config = make_config("resnet", depth=depth)
+  if min_scanned is not None:
+    config.min_scanned_blocks = min_scanned
+  model = models.build(config)
+  shapes = init_shapes(model, jnp.zeros((1, 8, 8, 3)))
+  for stage in ("stage1", "stage2", "stage3"):
+    assert ("blocks" in shapes["params"][stage]) == scanned
+    assert (f"block{(depth - 2) // 6 - 1}" in shapes["params"][stage]) == (not scanned)
 
 
 def test_split_from_grouped_slices_stacked_scan_blocks_like_single_blocks(rng):
@@ -325,6 +340,8 @@ def test_resnext_network_grouped_form_equals_split_form(rng):
     (dict(model="mlp", depth=0), "depth"),
     (dict(model="plain", zero_init_residual=True), "zero_init_residual"),
     (dict(model="resnet", stride=True), "stride"),
+    (dict(model="resnet", min_scanned_blocks=0), "min_scanned_blocks"),
+    (dict(model="resnext", min_scanned_blocks=-1), "min_scanned_blocks"),
 ])
 def test_bad_configs_raise_naming_the_field_at_build(overrides, field):
   config = make_config(overrides["model"])

@@ -85,7 +85,7 @@ def test_weight_decay_masks_biases_and_norm_scales(rng):
 
 
 @pytest.mark.parametrize("model_name,overrides", [
-    ("resnet", dict(depth=26, width=4, scan_blocks=True)),  # 3 repeated blocks: scanned
+    ("resnet", dict(depth=26, width=4, scan_blocks=True, min_scanned_blocks=3)),  # scanned
     ("local", dict(depth=1, width=4, hidden=8)),
 ])
 def test_weight_decay_mask_takes_kernels_only_also_when_stacked_or_spatial(model_name,
@@ -362,23 +362,23 @@ def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path):
 
 def test_autodiff_through_scanned_blocks_on_cpu_is_flagged_and_nothing_else():
   # The trainer warns about the one slow combination (docs/models.md): grad=autodiff with
-  # scanned blocks on XLA's CPU backend. Names are the real ones of a scanned ResNet-56.
+  # scanned blocks on XLA's CPU backend. Names are the real ones of a scanned ResNet-110.
   from cnn_jax import models  # pylint: disable=g-import-not-at-top
   from cnn_jax.train import loop  # pylint: disable=g-import-not-at-top
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   names = {}
-  for depth in (20, 56):
+  for depth in (20, 110):
     config.depth = depth
     variables = jax.eval_shape(lambda m=models.build(config): m.init(
         jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False))
     names[depth] = steps_lib.param_shapes(variables["params"])
   assert jax.default_backend() == "cpu"
   config.grad = "autodiff"
-  assert loop.slow_scanned_autodiff(config, names[56])
+  assert loop.slow_scanned_autodiff(config, names[110])
   assert not loop.slow_scanned_autodiff(config, names[20])  # ResNet-20 has nothing scanned
   config.grad = "hand"
-  assert not loop.slow_scanned_autodiff(config, names[56])
+  assert not loop.slow_scanned_autodiff(config, names[110])
 
 
 def _conv_program(options):

@@ -107,6 +107,7 @@ class BottleneckResNet(nn.Module):
   block_form: str = "grouped"
   model: str = "bottleneck"
   scan_blocks: bool = False
+  min_scanned_blocks: int = stages.MIN_SCANNED_BLOCKS
 
   @property
   def width(self) -> int:
@@ -148,6 +149,7 @@ class BottleneckResNet(nn.Module):
           zero_init_residual=self.zero_init_residual, grad=self.grad, dtype=self.dtype)
       x = stages.Stage(block, self.blocks_per_stage, strides=1 if i == 0 else self.stride,
                        downsample=self.downsample, pool=self.pool, scan=self.scan_blocks,
+                       min_scanned=self.min_scanned_blocks,
                        grad=self.grad, name=f"stage{i + 1}")(x, train)
     x = layers.GlobalAvgPool(grad=self.grad, name="global_pool")(x)
     x = layers.Dense(self.num_classes, dtype=dtype, name="classifier")(x)
@@ -160,6 +162,8 @@ def from_config(config) -> BottleneckResNet:
       num_classes=config.num_classes, depth=config.depth, stem_features=config.width,
       bottleneck_width=config.width, cardinality=config.cardinality, shortcut=config.shortcut,
       zero_init_residual=config.zero_init_residual,
-      scan_blocks=config.get("scan_blocks", False), stride=config.stride,
+      scan_blocks=config.get("scan_blocks", False),
+      min_scanned_blocks=config.get("min_scanned_blocks", stages.MIN_SCANNED_BLOCKS),
+      stride=config.stride,
       first_stride=config.first_stride, downsample=config.downsample, pool=config.pool,
       grad=config.grad, dtype=config.dtype, model="bottleneck")

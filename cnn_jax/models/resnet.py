@@ -76,7 +76,9 @@ class ResNet(nn.Module):
     downsample: ``"conv"`` (strided first conv of a stage) or ``"pool"`` (pool, then blocks).
     pool: pooling kind for ``downsample="pool"``.
     grad: ``"autodiff"`` | ``"hand"``; dtype: compute dtype name.
-    scan_blocks: run each stage's repeated blocks with ``nn.scan`` (fast compiles).
+    scan_blocks: run each stage's repeated blocks with ``nn.scan`` (fast compiles) when there
+      are at least ``min_scanned_blocks`` of them (``stages.MIN_SCANNED_BLOCKS``: 9, so
+      ResNet-110 scans and ResNet-56 and shallower stay unrolled, which step faster).
   """
   num_classes: int
   depth: int = 20
@@ -92,6 +94,7 @@ class ResNet(nn.Module):
   grad: str = "autodiff"
   dtype: str = "float32"
   scan_blocks: bool = False
+  min_scanned_blocks: int = stages.MIN_SCANNED_BLOCKS
 
   @property
   def model_name(self) -> str:
@@ -125,6 +128,7 @@ class ResNet(nn.Module):
           zero_init_residual=self.zero_init_residual, grad=self.grad, dtype=self.dtype)
       x = stages.Stage(block, self.blocks_per_stage, strides=1 if i == 0 else self.stride,
                        downsample=self.downsample, pool=self.pool, scan=self.scan_blocks,
+                       min_scanned=self.min_scanned_blocks,
                        grad=self.grad, name=f"stage{i + 1}")(x, train)
     x = layers.GlobalAvgPool(grad=self.grad, name="global_pool")(x)
     x = layers.Dense(self.num_classes, dtype=dtype, name="classifier")(x)
@@ -139,6 +143,7 @@ def validate_common(module, model: str) -> None:
   checks.check_int("cardinality", module.cardinality)
   checks.check_int("stride", module.stride)
   checks.check_int("first_stride", module.first_stride)
+  checks.check_int("min_scanned_blocks", module.min_scanned_blocks)
   checks.check_choice("shortcut", module.shortcut, stages.SHORTCUTS)
   checks.check_choice("downsample", module.downsample, stages.DOWNSAMPLES)
   checks.check_choice("pool", module.pool, layers.POOL_KINDS)
@@ -151,6 +156,8 @@ def from_config(config, *, residual: bool) -> ResNet:
   return ResNet(num_classes=config.num_classes, depth=config.depth, width=config.width,
                 residual=residual, shortcut=config.shortcut, cardinality=config.cardinality,
                 zero_init_residual=config.zero_init_residual,
-      scan_blocks=config.get("scan_blocks", False), stride=config.stride,
+      scan_blocks=config.get("scan_blocks", False),
+                min_scanned_blocks=config.get("min_scanned_blocks", stages.MIN_SCANNED_BLOCKS),
+                stride=config.stride,
                 first_stride=config.first_stride, downsample=config.downsample,
                 pool=config.pool, grad=config.grad, dtype=config.dtype)

@@ -1,11 +1,11 @@
 """What the residual families share: BatchNorm, shortcuts, and stages of repeated blocks.
 
 A stage is one (possibly downsampling) first block followed by ``count - 1`` identical blocks.
-When ``scan`` is on and there are at least ``MIN_SCANNED_BLOCKS`` of them, they run under
-``nn.scan``: XLA then compiles one block body per stage instead of ``count - 1`` copies, so
-compile time stays nearly flat with depth (docs/benchmarks.md). A scanned body (and its
-transposed loop in the backward pass) costs more to compile than two plain copies, so short
-stages (ResNet-20's 2 repeated blocks) stay unrolled. Scanned parameters are stacked along a
+When ``scan`` is on and there are at least ``min_scanned`` of them (``MIN_SCANNED_BLOCKS`` by
+default), they run under ``nn.scan``: XLA then compiles one block body per stage instead of
+``count - 1`` copies, so compile time stays nearly flat with depth (docs/benchmarks.md). A
+scanned step runs slower, though (it copies every saved activation into and out of stacked
+arrays), so stages up to ResNet-56's 8 repeated blocks stay unrolled by default. Scanned parameters are stacked along a
 leading axis under ``blocks/block``; with ``scan=False`` the same blocks are unrolled and named
 ``block1 … block{count-1}``, which is what the layer trace uses
 (``cnn_jax.analysis.counting.trace_layers`` builds the unscanned twin).
@@ -25,10 +25,13 @@ ModuleDef = Any
 
 SHORTCUTS = ("A", "B")
 DOWNSAMPLES = ("conv", "pool")
-# Measured (bench/compile_time.py): with 2 repeated blocks per stage (ResNet-20) a scanned train
-# step compiles in ~11 s of CPU, an unrolled one in ~6 s; with 8 (ResNet-56) scanning wins
-# (11 s vs 14 s). Where in 3..7 they cross was not measured; 3 keeps ResNet-20 unrolled.
-MIN_SCANNED_BLOCKS = 3
+# Measured with the hand VJPs and oneDNN convolutions (bench.train_step --blocks=scan,unrolled,
+# docs/benchmarks.md, eighth session): ResNet-56 (8 repeated blocks per stage) compiles in 5.8 s
+# scanned and 10.8 s unrolled, but its unrolled step is ~8% faster (65.2 vs 60.5 images/s):
+# nn.scan stacks the 4 saved activations of each block (dynamic-update-slice, then
+# dynamic-slice in the backward loop). ResNet-110 (17) must scan: unrolled, its compile would be
+# ~5x ResNet-20's, against the 2.5x target.
+MIN_SCANNED_BLOCKS = 9
 
 
 def batch_norm(train: bool, dtype, *, name: str, zero_scale: bool = False,
@@ -96,7 +99,8 @@ class Stage(nn.Module):
       pooling of window = stride before the first block, which then has stride 1).
     pool: pooling kind for ``downsample="pool"``.
     scan: run blocks 1..count-1 with ``nn.scan`` (one compiled body) instead of unrolled, when
-      there are at least ``MIN_SCANNED_BLOCKS`` of them.
+      there are at least ``min_scanned`` of them.
+    min_scanned: the fewest repeated blocks that ``scan`` runs under ``nn.scan``.
   """
   block: ModuleDef
   count: int
@@ -104,6 +108,7 @@ class Stage(nn.Module):
   downsample: str = "conv"
   pool: str = "max"
   scan: bool = True
+  min_scanned: int = MIN_SCANNED_BLOCKS
   grad: str = "autodiff"
 
   @nn.compact
@@ -115,7 +120,7 @@ class Stage(nn.Module):
       strides = 1
     x = self.block(strides=strides, name="block0")(x, train)
     rest = self.count - 1
-    if self.scan and rest >= MIN_SCANNED_BLOCKS:
+    if self.scan and rest >= self.min_scanned:
       scanned = nn.scan(_ScanBody, variable_axes={"params": 0, "batch_stats": 0},
                         split_rngs={"params": True}, in_axes=nn.broadcast, length=rest)
       x, _ = scanned(self.block, name="blocks")(x, train)
