@@ -77,7 +77,8 @@ def _parse(argv):
                       "grad=autodiff (what runs fast on CPU, docs/models.md), the twin unrolls")
   parser.add_argument("--blocks", default="",
                       help="comma-separated: scan, unrolled; time each (as --scan / --noscan) "
-                      "in the same run")
+                      "in the same run; scan runs stages of >= min_scanned_blocks (9) repeated "
+                      "blocks under nn.scan, so ResNet-56 is unrolled either way")
   parser.add_argument("--cpu_convolutions", default="onednn",
                       help="comma-separated: onednn (the trainer's default: the hand ops' "
                       "convolutions on oneDNN where built, cnn_jax.ops.onednn; XLA's own in "

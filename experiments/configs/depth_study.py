@@ -34,6 +34,9 @@ def get_config(variant: str = "full"):
     config.eval_every = 50
     config.checkpoint_every = 200
     config.log_grad_norms_every = 20
+    # 400 short steps: compile time outweighs the unrolled step's ~8%, so the 56-layer nets
+    # scan their 8 repeated blocks per stage (make demo: 4 min 35 s unrolled, 4 min 18 s so).
+    config.min_scanned_blocks = 3
   elif variant == "tiny":
     default.tiny(config)
     config.depths = "8,14"
