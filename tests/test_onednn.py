@@ -131,3 +131,83 @@ def test_trainer_takes_onednn_only_when_asked_on_one_device():
   assert not steps_lib.uses_onednn("xla_default", 1)
   # The FFI call is not partitioned: a mesh of several devices keeps XLA's convolutions.
   assert not steps_lib.uses_onednn("onednn", 2)
+
+
+# BatchNorm (training mode) on oneDNN: cnn_jax.ops.hand.batch_norm's two kernels. Tolerance:
+# both sides sum up to ~600 float32 terms per channel in different orders and divide by the
+# standard deviation, ~1e-6 of the largest entry; 1e-5 leaves a 10x margin (second order,
+# three such passes chained: 1e-4).
+
+
+def _uses_onednn_norm(fn, *args):
+  return "CnnJaxOnednnBatchNorm" in str(jax.make_jaxpr(fn)(*args))
+
+
+def _norm_case(rng, ndim):
+  shape = tuple(int(n) for n in rng.integers(2, 6, ndim - 1)) + (int(rng.integers(1, 9)),)
+  draw = lambda shape, scale=1.0, shift=0.0: jnp.asarray(
+      rng.standard_normal(shape) * scale + shift, jnp.float32)
+  channels = shape[-1:]
+  return draw(shape, 3.0, 1.0), draw(channels), draw(channels), draw(shape), draw(channels), \
+      draw(channels)
+
+
+@pytest.mark.parametrize("ndim", [2, 3, 4, 5])
+@pytest.mark.parametrize("statistics_cotangents", [False, True])
+def test_batch_norm_and_its_gradients_on_onednn_equal_autodiff_of_the_reference(
+    rng, ndim, statistics_cotangents):
+  # Without cotangents for mean and var (training: they only feed the running averages) the
+  # backward kernel's result is the gradient; with them, their term is added in XLA.
+  x, scale, bias, g, g_mean, g_var = _norm_case(rng, ndim)
+
+  def loss(batch_norm):
+    def value(x, scale, bias):
+      y, mean, var = batch_norm(x, scale, bias)
+      out = jnp.sum(y * g)
+      if statistics_cotangents:
+        out = out + jnp.sum(mean * g_mean) + jnp.sum(var * g_var)
+      return out
+    return value
+
+  fast = jax.jit(jax.value_and_grad(loss(hand.batch_norm), argnums=(0, 1, 2)))
+  assert _uses_onednn_norm(jax.grad(loss(hand.batch_norm)), x, scale, bias)
+  value, grads = fast(x, scale, bias)
+  ref_value, ref_grads = jax.value_and_grad(loss(ops.batch_norm), argnums=(0, 1, 2))(
+      x, scale, bias)
+  assert _rel(value, ref_value) < 1e-5
+  for got, want in zip(grads, ref_grads):
+    assert _rel(got, want) < 1e-5
+  for got, want in zip(jax.jit(hand.batch_norm)(x, scale, bias), ops.batch_norm(x, scale, bias)):
+    assert _rel(got, want) < 1e-5
+
+
+def test_batch_norm_second_order_on_onednn_equals_autodiff(rng):
+  x, scale, bias, g, _, _ = _norm_case(rng, 4)
+
+  def gradient_norm(batch_norm):
+    def inner(x, scale, bias):
+      y, mean, var = batch_norm(x, scale, bias)
+      return jnp.sum(jnp.tanh(y) * g) + jnp.sum(mean * mean) + jnp.sum(var)
+    def outer(x, scale, bias):
+      grads = jax.grad(inner, argnums=(0, 1, 2))(x, scale, bias)
+      return sum(jnp.sum(d ** 2) for d in grads)
+    return outer
+
+  assert _uses_onednn_norm(jax.grad(gradient_norm(hand.batch_norm)), x, scale, bias)
+  got = jax.jit(jax.grad(gradient_norm(hand.batch_norm), argnums=(0, 1, 2)))(x, scale, bias)
+  want = jax.grad(gradient_norm(ops.batch_norm), argnums=(0, 1, 2))(x, scale, bias)
+  for a, b in zip(got, want):
+    assert _rel(a, b) < 1e-4
+
+
+@pytest.mark.parametrize("case", ["bfloat16", "switched off"])
+def test_other_batch_norms_stay_on_xla_with_the_same_values(rng, case):
+  x, scale, bias, _, _, _ = _norm_case(rng, 4)
+  if case == "bfloat16":
+    x = x.astype(jnp.bfloat16)
+  with onednn.use(case != "switched off"):
+    assert not _uses_onednn_norm(lambda x: hand.batch_norm(x, scale, bias), x)
+    y = hand.batch_norm(x, scale, bias)[0]
+  tolerance = 2e-2 if case == "bfloat16" else 1e-5  # bfloat16: 8 mantissa bits
+  assert _rel(y.astype(jnp.float32), ops.batch_norm(x, scale, bias)[0].astype(jnp.float32)
+              ) < tolerance
