@@ -15,10 +15,7 @@ argument, and the vector-Jacobian products of each are the other two (derived at
 
 ``ops.hand.correlate`` / ``convolve`` call this where ``applies`` (float32, 1-D or 2-D,
 ungrouped, zero padding, on the CPU, the library built, and not switched off); everything
-else runs XLA's convolutions as before. ``ops.hand.batch_norm`` likewise runs its forward
-and backward passes as oneDNN's BatchNorm kernels (``batch_norm_forward`` /
-``batch_norm_backward``) where ``batch_norm_applies`` (float32): the same step time as XLA's
-fusions, but half the compile time of a ResNet train step (docs/benchmarks.md). Switched off by ``use(False)`` around tracing (the
+else runs XLA's convolutions as before. Switched off by ``use(False)`` around tracing (the
 trainer does so for ``cpu_convolutions="eigen"`` / ``"xla_default"``) or for a whole process
 by the environment variable ``CNN_JAX_ONEDNN=0``.
 """

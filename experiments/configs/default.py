@@ -35,8 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
                                    # pair grad=autodiff with scan_blocks=False there
   config.dtype = "float32"         # float32 | bfloat16 (compute dtype)
   config.cpu_convolutions = "onednn"  # onednn | eigen | xla_default: onednn runs the hand
-                                   # ops' float32 1-D/2-D convolutions (and BatchNorm) on
-                                   # oneDNN where built
+                                   # ops' float32 1-D/2-D convolutions on oneDNN where built
                                    # (1.45x faster ResNet-20 step) and XLA's own in Eigen;
                                    # eigen: all in XLA's Eigen (2x faster than XLA's default
                                    # YNNPACK on 2 cores); docs/benchmarks.md
