@@ -43,9 +43,7 @@ LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_onednn_conv
 DISABLE_VARIABLE = "CNN_JAX_ONEDNN"
 _TARGETS = {"forward": "CnnJaxOnednnConvForward",
             "input_grad": "CnnJaxOnednnConvBackwardData",
-            "weight_grad": "CnnJaxOnednnConvBackwardWeights",
-            "norm_forward": "CnnJaxOnednnBatchNormForward",
-            "norm_backward": "CnnJaxOnednnBatchNormBackward"}
+            "weight_grad": "CnnJaxOnednnConvBackwardWeights"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,38 +241,6 @@ def correlate(x: jax.Array, w: jax.Array, spec: correlation.WindowSpec) -> jax.A
     y = _forward(x[:, None], w[None], geometry)
     return y[:, 0]
   return _forward(x, w, (spec.stride, spec.dilation, spec.pads))
-
-
-# ---------------------------------------------------------------------------------------------
-# BatchNorm (training mode): the two passes of cnn_jax.ops.hand.batch_norm
-# ---------------------------------------------------------------------------------------------
-
-
-def batch_norm_applies(x, scale) -> bool:
-  """Whether ``batch_norm_forward`` / ``batch_norm_backward`` run here: float32 ``x`` with 0 to
-  3 spatial axes and float32 ``scale``, switched on (``use``) and available."""
-  return (_USE.get() is not False and 2 <= x.ndim <= 5 and x.dtype == jnp.float32
-          and scale.dtype == jnp.float32 and available())
-
-
-def batch_norm_forward(x, scale, bias, epsilon: float):
-  """``(y, mean, var)`` of BatchNorm over every axis of ``x: (N, ..., C)`` but the last, as
-  ``cnn_jax.ops.batch_norm``'s forward value (biased variance). Not differentiable by itself:
-  ``cnn_jax.ops.hand.batch_norm`` pairs it with ``batch_norm_backward``."""
-  channels = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
-  return jax.ffi.ffi_call(
-      _TARGETS["norm_forward"], (jax.ShapeDtypeStruct(x.shape, jnp.float32), channels, channels),
-      vmap_method="sequential")(x, scale, bias, epsilon=np.float32(epsilon))
-
-
-def batch_norm_backward(x, g, mean, var, scale, epsilon: float):
-  """``(dL/dx, dL/dscale, dL/dbias)`` of ``batch_norm_forward`` for the cotangent ``g`` of
-  ``y`` (and zero cotangents of ``mean`` and ``var``)."""
-  channels = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
-  return jax.ffi.ffi_call(
-      _TARGETS["norm_backward"],
-      (jax.ShapeDtypeStruct(x.shape, jnp.float32), channels, channels),
-      vmap_method="sequential")(x, g, mean, var, scale, epsilon=np.float32(epsilon))
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,4 @@
-// oneDNN's 2-D convolutions (forward, backward data, backward weights) and BatchNorm (forward
-// training, backward) as XLA FFI handlers.
+// oneDNN's 2-D convolutions as XLA FFI handlers: forward, backward data, backward weights.
 //
 // Built by `python -m cnn_jax.ops.onednn build` (called by `make`) against the pinned
 // onednn-cpu-gomp wheel; loaded and wrapped as differentiable JAX functions by
@@ -203,7 +202,7 @@ ffi::Error Checked(ffi::Error (*run)(Args...), Args... args) {
   try {
     return run(args...);
   } catch (const std::exception& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
   }
 }
 
@@ -217,104 +216,6 @@ ffi::Error Checked(ffi::Error (*run)(Args...), Args... args) {
 CNN_JAX_CHECKED(Forward)
 CNN_JAX_CHECKED(BackwardData)
 CNN_JAX_CHECKED(BackwardWeights)
-
-// BatchNorm in training mode over every axis but the last (channels last, as everywhere in
-// cnn_jax): y = scale (x - mean) / sqrt(var + epsilon) + shift, with the batch's mean and
-// biased variance as outputs; the backward pass returns dL/dx, dL/dscale, dL/dshift for
-// zero cotangents of mean and var (cnn_jax/ops/onednn.py adds theirs when they are not).
-memory::desc ChannelsLast(ffi::Span<const int64_t> shape) {
-  // oneDNN's logical order is (N, C, spatial...); the data is (N, spatial..., C).
-  memory::dims dims = {shape[0], shape[shape.size() - 1]};
-  for (size_t i = 1; i + 1 < shape.size(); ++i) dims.push_back(shape[i]);
-  static const memory::format_tag tags[] = {memory::format_tag::nc, memory::format_tag::nwc,
-                                            memory::format_tag::nhwc,
-                                            memory::format_tag::ndhwc};
-  return memory::desc(dims, memory::data_type::f32, tags[shape.size() - 2]);
-}
-
-const auto kScaleShift =
-    dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
-
-dnnl::batch_normalization_forward::primitive_desc NormForwardDesc(const memory::desc& x,
-                                                                  float epsilon) {
-  return dnnl::batch_normalization_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training, x, x, epsilon, kScaleShift, Attributes());
-}
-
-std::string NormKey(const char* kind, ffi::Span<const int64_t> shape, float epsilon) {
-  std::string key(kind);
-  for (auto d : shape) key += "," + std::to_string(d);
-  return key + ";" + std::to_string(epsilon);
-}
-
-memory Channels(const memory::desc& desc, void* data) { return memory(desc, Engine(), data); }
-
-ffi::Error BatchNormForwardUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
-                                     ffi::Buffer<ffi::F32> shift,
-                                     ffi::ResultBuffer<ffi::F32> y,
-                                     ffi::ResultBuffer<ffi::F32> mean,
-                                     ffi::ResultBuffer<ffi::F32> var, float epsilon) {
-  memory::desc data = ChannelsLast(x.dimensions());
-  Cached c = Lookup(NormKey("norm_forward", x.dimensions(), epsilon), [&] {
-    auto desc = NormForwardDesc(data, epsilon);
-    return Cached{dnnl::primitive(desc), desc.mean_desc(), desc.scratchpad_desc()};
-  });
-  dnnl::stream stream(Engine());
-  memory scratchpad(c.scratchpad, Engine());
-  c.primitive.execute(stream, {{DNNL_ARG_SRC, Channels(data, x.typed_data())},
-                               {DNNL_ARG_DST, Channels(data, y->typed_data())},
-                               {DNNL_ARG_SCALE, Channels(c.kernel, scale.typed_data())},
-                               {DNNL_ARG_SHIFT, Channels(c.kernel, shift.typed_data())},
-                               {DNNL_ARG_MEAN, Channels(c.kernel, mean->typed_data())},
-                               {DNNL_ARG_VARIANCE, Channels(c.kernel, var->typed_data())},
-                               {DNNL_ARG_SCRATCHPAD, scratchpad}});
-  stream.wait();
-  return ffi::Error::Success();
-}
-
-ffi::Error BatchNormBackwardUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                                      ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> var,
-                                      ffi::Buffer<ffi::F32> scale,
-                                      ffi::ResultBuffer<ffi::F32> dx,
-                                      ffi::ResultBuffer<ffi::F32> dscale,
-                                      ffi::ResultBuffer<ffi::F32> dshift, float epsilon) {
-  memory::desc data = ChannelsLast(x.dimensions());
-  Cached c = Lookup(NormKey("norm_backward", x.dimensions(), epsilon), [&] {
-    auto desc = dnnl::batch_normalization_backward::primitive_desc(
-        Engine(), dnnl::prop_kind::backward, data, data, data, epsilon, kScaleShift,
-        NormForwardDesc(data, epsilon), Attributes());
-    return Cached{dnnl::primitive(desc), desc.mean_desc(), desc.scratchpad_desc()};
-  });
-  dnnl::stream stream(Engine());
-  memory scratchpad(c.scratchpad, Engine());
-  c.primitive.execute(stream, {{DNNL_ARG_SRC, Channels(data, x.typed_data())},
-                               {DNNL_ARG_DIFF_DST, Channels(data, dy.typed_data())},
-                               {DNNL_ARG_MEAN, Channels(c.kernel, mean.typed_data())},
-                               {DNNL_ARG_VARIANCE, Channels(c.kernel, var.typed_data())},
-                               {DNNL_ARG_SCALE, Channels(c.kernel, scale.typed_data())},
-                               {DNNL_ARG_DIFF_SRC, Channels(data, dx->typed_data())},
-                               {DNNL_ARG_DIFF_SCALE, Channels(c.kernel, dscale->typed_data())},
-                               {DNNL_ARG_DIFF_SHIFT, Channels(c.kernel, dshift->typed_data())},
-                               {DNNL_ARG_SCRATCHPAD, scratchpad}});
-  stream.wait();
-  return ffi::Error::Success();
-}
-
-ffi::Error BatchNormForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
-                            ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> y,
-                            ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> var,
-                            float epsilon) {
-  return Checked(&BatchNormForwardUnchecked, x, scale, shift, y, mean, var, epsilon);
-}
-
-ffi::Error BatchNormBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                             ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> var,
-                             ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> dx,
-                             ffi::ResultBuffer<ffi::F32> dscale,
-                             ffi::ResultBuffer<ffi::F32> dshift, float epsilon) {
-  return Checked(&BatchNormBackwardUnchecked, x, dy, mean, var, scale, dx, dscale, dshift,
-                 epsilon);
-}
 
 }  // namespace
 
@@ -332,24 +233,3 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvForward, Forward, CNN_JAX_CONV_BIN
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardData, BackwardData, CNN_JAX_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardWeights, BackwardWeights,
                               CNN_JAX_CONV_BINDING);
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnBatchNormForward, BatchNormForward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // shift
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // mean
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // var
-                                  .Attr<float>("epsilon"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnBatchNormBackward, BatchNormBackward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dL/dy
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mean
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // var
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dL/dx
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dL/dscale
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dL/dshift
-                                  .Attr<float>("epsilon"));

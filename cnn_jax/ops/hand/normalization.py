@@ -27,10 +27,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 from cnn_jax.ops import normalization
-from cnn_jax.ops import onednn
 from cnn_jax.ops.normalization import per_channel
 
 # Fold this many values into a matmul row (a few positions' channels side by side): a wide
@@ -73,77 +71,33 @@ def _statistics(x, epsilon):
   return centred, mean, var, lax.rsqrt(var + epsilon)
 
 
-def _forward(x, scale, bias, epsilon):
-  """``(y, mean, var)``: on oneDNN (one kernel) where it applies, else by the formula."""
-  if onednn.batch_norm_applies(x, scale):
-    return onednn.batch_norm_forward(x, scale, bias, epsilon)
-  compute = x.astype(normalization.stats_dtype(x.dtype))
-  centred, mean, var, inv_std = _statistics(compute, epsilon)
-  return centred * per_channel(inv_std * scale, x.ndim) + per_channel(bias, x.ndim), mean, var
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _batch_norm(x, scale, bias, epsilon):
-  return _forward(x, scale, bias, epsilon)
+  return _batch_norm_fwd(x, scale, bias, epsilon)[0]
 
 
 def _batch_norm_fwd(x, scale, bias, epsilon):
-  # symbolic_zeros=True: the primals come wrapped (``.value``), and the backward pass is told
-  # which cotangents are zero (those of mean and var, in training), so it can skip their term.
-  # The outputs come from ``_batch_norm`` itself, so that a second derivative meets this rule
-  # again, not oneDNN's kernel (which has none).
-  x, scale = x.value, scale.value
-  y, mean, var = _batch_norm(x, scale, bias.value, epsilon)
-  return (y, mean, var), (x, mean, var, scale)
-
-
-def _main_terms(x, g, mean, var, scale, epsilon):
-  """``(dL/dx, dL/dγ, dL/dβ)`` for the cotangent ``g`` of ``y`` alone (the derivation's
-  formula, in XLA): ``dL/dx`` without the statistics' cotangents' term."""
-  positions = x.size // x.shape[-1]
-  ndim = x.ndim
-  inv_std = lax.rsqrt(var + epsilon)
-  normalised = (x.astype(mean.dtype) - per_channel(mean, ndim)) * per_channel(inv_std, ndim)
-  grad_bias = channel_sum(g)
-  grad_scale = channel_sum(g * normalised)
-  grad_x = (per_channel(scale * inv_std, ndim)
-            * (g - (per_channel(grad_bias, ndim)
-                    + normalised * per_channel(grad_scale, ndim)) / positions))
-  return grad_x, grad_scale, grad_bias
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _main_terms_onednn(x, g, mean, var, scale, epsilon):
-  """``_main_terms`` by oneDNN's backward kernel, differentiable as the formula is."""
-  return onednn.batch_norm_backward(x, g, mean, var, scale, epsilon)
-
-
-def _main_terms_onednn_fwd(x, g, mean, var, scale, epsilon):
-  return _main_terms_onednn(x, g, mean, var, scale, epsilon), (x, g, mean, var, scale)
-
-
-def _main_terms_onednn_bwd(epsilon, residuals, cotangents):
-  return jax.vjp(lambda *args: _main_terms(*args, epsilon), *residuals)[1](cotangents)
-
-
-_main_terms_onednn.defvjp(_main_terms_onednn_fwd, _main_terms_onednn_bwd)
+  compute = x.astype(normalization.stats_dtype(x.dtype))
+  centred, mean, var, inv_std = _statistics(compute, epsilon)
+  y = centred * per_channel(inv_std * scale, x.ndim) + per_channel(bias, x.ndim)
+  return (y, mean, var), (x, mean, inv_std, scale)
 
 
 def _batch_norm_bwd(epsilon, residuals, cotangents):
-  x, mean, var, scale = residuals
+  del epsilon
+  x, mean, inv_std, scale = residuals
   g, g_mean, g_var = cotangents
-  if isinstance(g, SymbolicZero):
-    g = jnp.zeros(x.shape, x.dtype)
-  terms = _main_terms_onednn if onednn.batch_norm_applies(x, scale) else _main_terms
-  grad_x, grad_scale, grad_bias = terms(x, g, mean, var, scale, epsilon)
-  if not (isinstance(g_mean, SymbolicZero) and isinstance(g_var, SymbolicZero)):
-    g_mean, g_var = (jnp.zeros_like(mean) if isinstance(c, SymbolicZero) else c
-                     for c in (g_mean, g_var))
-    ndim, positions = x.ndim, x.size // x.shape[-1]
-    centred = x.astype(mean.dtype) - per_channel(mean, ndim)
-    grad_x = grad_x + (per_channel(g_mean, ndim) + 2 * per_channel(g_var, ndim) * centred
-                       ) / positions
+  positions = x.size // x.shape[-1]
+  ndim = x.ndim
+  centred = x.astype(mean.dtype) - per_channel(mean, ndim)
+  normalised = centred * per_channel(inv_std, ndim)
+  grad_bias = channel_sum(g)
+  grad_scale = channel_sum(g * normalised)
+  grad_x = (per_channel(scale * inv_std, ndim)
+            * (g - (per_channel(grad_bias, ndim) + normalised * per_channel(grad_scale, ndim))
+               / positions)
+            + (per_channel(g_mean, ndim) + 2 * per_channel(g_var, ndim) * centred) / positions)
   return grad_x.astype(x.dtype), grad_scale.astype(scale.dtype), grad_bias.astype(scale.dtype)
 
 
-_batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd, symbolic_zeros=True)
+_batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
