@@ -161,9 +161,7 @@ def from_config(config) -> BottleneckResNet:
   return BottleneckResNet(
       num_classes=config.num_classes, depth=config.depth, stem_features=config.width,
       bottleneck_width=config.width, cardinality=config.cardinality, shortcut=config.shortcut,
-      zero_init_residual=config.zero_init_residual,
-      scan_blocks=config.get("scan_blocks", False),
-      min_scanned_blocks=config.get("min_scanned_blocks", stages.MIN_SCANNED_BLOCKS),
-      stride=config.stride,
+      zero_init_residual=config.zero_init_residual, stride=config.stride,
       first_stride=config.first_stride, downsample=config.downsample, pool=config.pool,
-      grad=config.grad, dtype=config.dtype, model="bottleneck")
+      grad=config.grad, dtype=config.dtype, model="bottleneck",
+      **stages.scan_settings(config))

@@ -155,9 +155,7 @@ def from_config(config, *, residual: bool) -> ResNet:
   """The ``resnet`` (``residual=True``) or ``plain`` network a config describes."""
   return ResNet(num_classes=config.num_classes, depth=config.depth, width=config.width,
                 residual=residual, shortcut=config.shortcut, cardinality=config.cardinality,
-                zero_init_residual=config.zero_init_residual,
-      scan_blocks=config.get("scan_blocks", False),
-                min_scanned_blocks=config.get("min_scanned_blocks", stages.MIN_SCANNED_BLOCKS),
-                stride=config.stride,
+                zero_init_residual=config.zero_init_residual, stride=config.stride,
                 first_stride=config.first_stride, downsample=config.downsample,
-                pool=config.pool, grad=config.grad, dtype=config.dtype)
+                pool=config.pool, grad=config.grad, dtype=config.dtype,
+                **stages.scan_settings(config))

@@ -115,9 +115,7 @@ def from_config(config, *, block_form: str = "grouped") -> BottleneckResNet:
   return BottleneckResNet(
       num_classes=config.num_classes, depth=config.depth, stem_features=config.stem_width,
       bottleneck_width=config.width, cardinality=config.cardinality, shortcut="B",
-      zero_init_residual=config.zero_init_residual,
-      scan_blocks=config.get("scan_blocks", False),
-      min_scanned_blocks=config.get("min_scanned_blocks", stages.MIN_SCANNED_BLOCKS),
-      stride=config.stride,
+      zero_init_residual=config.zero_init_residual, stride=config.stride,
       first_stride=config.first_stride, downsample=config.downsample, pool=config.pool,
-      grad=config.grad, dtype=config.dtype, block_form=block_form, model="resnext")
+      grad=config.grad, dtype=config.dtype, block_form=block_form, model="resnext",
+      **stages.scan_settings(config))

@@ -5,9 +5,9 @@ When ``scan`` is on and there are at least ``min_scanned`` of them (``MIN_SCANNE
 default), they run under ``nn.scan``: XLA then compiles one block body per stage instead of
 ``count - 1`` copies, so compile time stays nearly flat with depth (docs/benchmarks.md). A
 scanned step runs slower, though (it copies every saved activation into and out of stacked
-arrays), so stages up to ResNet-56's 8 repeated blocks stay unrolled by default. Scanned parameters are stacked along a
-leading axis under ``blocks/block``; with ``scan=False`` the same blocks are unrolled and named
-``block1 … block{count-1}``, which is what the layer trace uses
+arrays), so stages up to ResNet-56's 8 repeated blocks stay unrolled by default. Scanned
+parameters are stacked along a leading axis under ``blocks/block``; with ``scan=False`` the
+same blocks are unrolled and named ``block1 … block{count-1}``, which is what the layer trace uses
 (``cnn_jax.analysis.counting.trace_layers`` builds the unscanned twin).
 """
 
@@ -32,6 +32,12 @@ DOWNSAMPLES = ("conv", "pool")
 # dynamic-slice in the backward loop). ResNet-110 (17) must scan: unrolled, its compile would be
 # ~5x ResNet-20's, against the 2.5x target.
 MIN_SCANNED_BLOCKS = 9
+
+
+def scan_settings(config) -> dict:
+  """The residual families' ``scan_blocks`` and ``min_scanned_blocks`` from a config."""
+  return dict(scan_blocks=config.get("scan_blocks", False),
+              min_scanned_blocks=config.get("min_scanned_blocks", MIN_SCANNED_BLOCKS))
 
 
 def batch_norm(train: bool, dtype, *, name: str, zero_scale: bool = False,
