@@ -2,7 +2,7 @@
 
   python -m bench.train_step --model=resnet --depth=20 --batch=128 [--json] \
       [--compare=torch] [--torch_threads=T,...] [--steps=N] [--repeats=R]
-      [--grad=autodiff,hand,...] [--devices=D,...] [--cpu_convolutions=onednn,eigen,xla_default]
+      [--grad=autodiff,hand,...] [--devices=D,...] [--cpu_convolutions=onednn,onednn_direct,eigen,xla_default]
       [--dtype=float32,bfloat16]
       [--[no]scan | --blocks=scan,unrolled] [--compile_only] [--matmul [--matmul_size=4096]]
 
@@ -33,10 +33,11 @@ comma-separated lists; every combination is compiled and timed, alternating, in 
 (so ``--devices=1,2`` compares one device with two fake ones under the same load).
 The step is compiled with the trainer's XLA options (``cnn_jax.train.steps.compiler_options``)
 and, by default, the trainer's ``cpu_convolutions="onednn"``: the hand ops' convolutions on
-oneDNN where it is built (one device), XLA's own in Eigen;
-``--cpu_convolutions=onednn,eigen,xla_default`` times each choice in the same run (``eigen``:
-every convolution in XLA's Eigen, the default before the seventh session; ``xla_default``:
-XLA's own choice, YNNPACK above 16 channels).
+oneDNN where it is built (one device), the stride-1 3x3 ones as Winograd F(2x2, 3x3), XLA's
+own in Eigen; ``--cpu_convolutions=onednn,onednn_direct,eigen,xla_default`` times each choice
+in the same run (``onednn_direct``: oneDNN's direct algorithm for every layer, the default
+before the ninth session; ``eigen``: every convolution in XLA's Eigen, the default before the
+seventh; ``xla_default``: XLA's own choice, YNNPACK above 16 channels).
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ def _parse(argv):
                       "blocks under nn.scan, so ResNet-56 is unrolled either way")
   parser.add_argument("--cpu_convolutions", default="onednn",
                       help="comma-separated: onednn (the trainer's default: the hand ops' "
-                      "convolutions on oneDNN where built, cnn_jax.ops.onednn; XLA's own in "
-                      "Eigen), eigen (XLA's CPU backend runs every convolution with Eigen), "
+                      "convolutions on oneDNN where built, cnn_jax.ops.onednn, the stride-1 3x3 "
+                      "ones as Winograd F(2x2,3x3); XLA's own in Eigen), onednn_direct (the same "
+                      "without Winograd), eigen (XLA's CPU backend runs every convolution with Eigen), "
                       "xla_default (XLA's choice: YNNPACK above 16 channels); see "
                       "cnn_jax.train.steps.CPU_CONVOLUTIONS")
   parser.add_argument("--dtype", default="float32",
@@ -133,9 +135,9 @@ def _parse(argv):
     parser.error("--blocks and --[no]scan are not allowed together: give one")
   args.cpu_convolutions_list = args.cpu_convolutions.split(",")
   for value in args.cpu_convolutions_list:
-    if value not in ("onednn", "eigen", "xla_default"):
+    if value not in ("onednn", "onednn_direct", "eigen", "xla_default"):
       parser.error(f"--cpu_convolutions: {value!r} is not allowed: give some of onednn, "
-                   "eigen, xla_default")
+                   "onednn_direct, eigen, xla_default")
   for devices in args.devices_list:
     if devices < 1 or args.batch % devices:
       parser.error(f"--devices: {devices} is not allowed: give ints >= 1 dividing "
@@ -185,11 +187,13 @@ def build_model(args, grad, dtype="float32"):
 
 
 def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum=0.9,
-                     weight_decay=1e-4, run_once=True, xla_options=None, use_onednn=False):
+                     weight_decay=1e-4, run_once=True, xla_options=None, use_onednn=False,
+                     winograd=True):
   """Compiles a donated SGD-momentum train step; returns ``(step, compile_seconds)``.
 
   ``xla_options``: XLA compiler options for the step (``cnn_jax.train.steps.compiler_options``);
-  ``use_onednn``: the hand ops' convolutions on oneDNN where they can
+  ``use_onednn``, ``winograd``: the hand ops' convolutions on oneDNN where they can, the
+  stride-1 3x3 ones as Winograd F(2x2, 3x3) with ``winograd``
   (``cnn_jax.train.steps.uses_onednn``).
 
   ``step()`` runs one step and returns the loss (a device array, not waited for).
@@ -234,7 +238,7 @@ def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum
                    out_shardings=(replicated, replicated), compiler_options=xla_options)
   from cnn_jax.ops import onednn  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  with onednn.use(use_onednn):  # read while tracing
+  with onednn.use(use_onednn, winograd=winograd):  # read while tracing
     lowered = jitted.lower(state, x, y)
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - start
@@ -306,7 +310,8 @@ def run(args) -> dict:
     step, compile_seconds[label] = make_jax_trainer(
         model, args.batch, args.image_size, devices, run_once=not args.compile_only,
         xla_options=steps_lib.compiler_options(cpu_convolutions),
-        use_onednn=steps_lib.uses_onednn(cpu_convolutions, devices))
+        use_onednn=steps_lib.uses_onednn(cpu_convolutions, devices),
+        winograd=steps_lib.uses_winograd(cpu_convolutions))
     runners[label] = (step, lambda out: out.block_until_ready())
   if args.compile_only:
     return {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,

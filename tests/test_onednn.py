@@ -1,9 +1,13 @@
-"""oneDNN's convolutions through XLA's FFI (cnn_jax.ops.onednn) against XLA's convolutions.
+"""oneDNN's convolutions through XLA's FFI (cnn_jax.ops.onednn), and the Winograd F(2x2, 3x3)
+kernels behind the same handlers (cnn_jax/ops/winograd_f2x3.h), against XLA's convolutions.
 
 Tolerances: the two libraries sum the same float32 products in different orders, so results
 differ by rounding, ~1e-7 relative per sum; a sum of up to 5*5*8 = 200 products of unit-scale
 terms stays within ~1e-6 of the largest entry. 1e-5 relative to the largest entry leaves a
-10x margin (second order: three convolutions chained, 3e-5).
+10x margin (second order: three convolutions chained, 3e-5). Winograd adds the transforms'
+rounding: each transformed value is a signed sum of at most 16 inputs or 9 kernel taps
+(coefficients 1 and 1/2, exact in float32), so it carries a few ulps more than a direct sum;
+measured here 2e-7 to 6e-7 of the largest entry for 16-48 channels, under the same 1e-5.
 """
 
 import shutil
@@ -125,8 +129,106 @@ def test_other_convolutions_stay_on_xla_with_the_same_values(rng, case):
   assert _rel(y.astype(jnp.float32), ops.correlate(x, w, **kwargs).astype(jnp.float32)) < tolerance
 
 
+def _draw_winograd_case(rng):
+  """A random stride-1 3x3 "SAME" correlation that Winograd F(2x2, 3x3) takes: even sizes,
+  input channels a multiple of 8, output channels a multiple of 16."""
+  batch = int(rng.integers(1, 4))
+  height, width = (2 * int(rng.integers(1, 7)) for _ in range(2))
+  c_in, c_out = 8 * int(rng.integers(1, 5)), 16 * int(rng.integers(1, 4))
+  x = jnp.asarray(rng.standard_normal((batch, height, width, c_in)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, c_in, c_out)), jnp.float32)
+  return x, w
+
+
+@pytest.mark.parametrize("op", ["correlate", "convolve"])
+def test_winograd_runs_the_stride1_3x3_layers_and_equals_xla(rng, op):
+  for _ in range(3):
+    x, w = _draw_winograd_case(rng)
+    fast = lambda x, w: getattr(hand, op)(x, w, padding="SAME")
+    reference = lambda x, w: getattr(ops, op)(x, w, padding="SAME")
+    before = onednn.winograd_calls()
+    y, vjp = jax.vjp(fast, x, w)
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    got = jax.block_until_ready((y, *vjp(g)))
+    # Forward and weight gradient always; the input gradient (a correlation from c_out
+    # channels to c_in) when c_in is a multiple of 16 as well.
+    assert onednn.winograd_calls() - before == (3 if x.shape[-1] % 16 == 0 else 2), x.shape
+    y_ref, vjp_ref = jax.vjp(reference, x, w)
+    for name, a, b in zip(("y", "dx", "dw"), got, (y_ref, *vjp_ref(g))):
+      assert _rel(a, b) < 1e-5, (name, x.shape, w.shape)
+
+
+def test_winograd_switched_off_runs_the_direct_algorithm_to_the_same_values(rng):
+  x, w = _draw_winograd_case(rng)
+
+  def run():  # a new function each time: jax.jit caches traces by function, not by context
+    f = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(hand.correlate(
+        x, w, padding="SAME"))), argnums=(0, 1)))
+    return jax.block_until_ready(f(x, w))
+
+  with onednn.use(True, winograd=False):
+    before = onednn.winograd_calls()
+    direct = run()
+  assert onednn.winograd_calls() == before
+  winograd = run()
+  assert onednn.winograd_calls() > before
+  for a, b in zip(jax.tree.leaves(winograd), jax.tree.leaves(direct)):
+    assert _rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("case", ["stride 2", "5x5 kernel", "odd size", "7 input channels",
+                                  "8 channels", "VALID", "dilation 2"])
+def test_winograd_leaves_other_layers_to_onednn_with_the_same_values(rng, case):
+  stride, dilation, padding = (2 if case == "stride 2" else 1), (2 if case == "dilation 2" else
+                                                                  1), "SAME"
+  if case == "VALID":
+    padding = "VALID"
+  size = 7 if case == "odd size" else 8
+  kernel = 5 if case == "5x5 kernel" else 3
+  # (16 input and 8 output channels would run the input gradient, 8 -> 16, as Winograd.)
+  c_in = {"7 input channels": 7, "8 channels": 8}.get(case, 16)
+  c_out = 8 if case == "8 channels" else 16
+  x = jnp.asarray(rng.standard_normal((2, size, size, c_in)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, c_in, c_out)), jnp.float32)
+  kwargs = dict(stride=stride, dilation=dilation, padding=padding)
+  fast = lambda x, w: hand.correlate(x, w, **kwargs)
+  before = onednn.winograd_calls()
+  y, vjp = jax.vjp(fast, x, w)
+  g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  got = jax.block_until_ready((y, *vjp(g)))
+  assert onednn.winograd_calls() == before, case
+  y_ref, vjp_ref = jax.vjp(lambda x, w: ops.correlate(x, w, **kwargs), x, w)
+  for a, b in zip(got, (y_ref, *vjp_ref(g))):
+    assert _rel(a, b) < 1e-5, case
+
+
+def test_winograd_second_order_gradients_equal_xla(rng):
+  # As test_second_order_gradients_equal_xla, on a layer Winograd takes: the VJPs of the
+  # input and weight gradients are forward / weight-gradient calls on the same geometry.
+  x, w = _draw_winograd_case(rng)
+
+  def second(namespace):
+    def loss(x, w):
+      y = namespace.correlate(x, w, padding="SAME")
+      return jnp.sum(y * jnp.tanh(y))
+
+    def energy(x, w):
+      dx, dw = jax.grad(loss, argnums=(0, 1))(x, w)
+      return jnp.sum(dx ** 2) + jnp.sum(dw ** 2)
+    return jax.jit(jax.grad(energy, argnums=(0, 1)))(x, w)
+
+  before = onednn.winograd_calls()
+  got = jax.block_until_ready(second(hand))
+  assert onednn.winograd_calls() > before
+  for a, b in zip(got, second(ops)):
+    assert _rel(a, b) < 3e-5, x.shape
+
+
 def test_trainer_takes_onednn_only_when_asked_on_one_device():
   assert steps_lib.uses_onednn("onednn", 1)
+  assert steps_lib.uses_onednn("onednn_direct", 1)
+  assert steps_lib.uses_winograd("onednn")
+  assert not steps_lib.uses_winograd("onednn_direct")
   assert not steps_lib.uses_onednn("eigen", 1)
   assert not steps_lib.uses_onednn("xla_default", 1)
   # The FFI call is not partitioned: a mesh of several devices keeps XLA's convolutions.

@@ -39,6 +39,7 @@ import numpy as np
 from cnn_jax.ops import correlation
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
+WINOGRAD_SOURCE = os.path.join(os.path.dirname(SOURCE), "winograd_f2x3.h")
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_onednn_conv.so")
 DISABLE_VARIABLE = "CNN_JAX_ONEDNN"
 _TARGETS = {"forward": "CnnJaxOnednnConvForward",
@@ -70,7 +71,7 @@ def build() -> tuple[bool, str]:
                    "`pip install -r requirements.txt` installs onednn-devel-cpu-gomp")
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(LIBRARY))
   os.close(fd)
-  command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", SOURCE, "-o", tmp,
+  command = [compiler, "-O2", "-std=c++17", "-fopenmp", "-shared", "-fPIC", "-w", SOURCE, "-o", tmp,
              f"-I{jax.ffi.include_dir()}", f"-I{include}", f"-L{libdir}", "-ldnnl",
              f"-Wl,-rpath,{libdir}"]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -89,8 +90,9 @@ def _load() -> str | None:
   """Loads the built library and registers its handlers; ``None`` on success, else why not."""
   if not os.path.exists(LIBRARY):
     return f"{LIBRARY} is not built (run `make` or `python -m cnn_jax.ops.onednn build`)"
-  if os.path.getmtime(LIBRARY) < os.path.getmtime(SOURCE):
-    return f"{LIBRARY} is older than {SOURCE}: rebuild it (`python -m cnn_jax.ops.onednn build`)"
+  for source in (SOURCE, WINOGRAD_SOURCE):
+    if os.path.getmtime(LIBRARY) < os.path.getmtime(source):
+      return f"{LIBRARY} is older than {source}: rebuild it (`python -m cnn_jax.ops.onednn build`)"
   try:
     library = ctypes.cdll.LoadLibrary(LIBRARY)
   except OSError as error:
@@ -98,7 +100,18 @@ def _load() -> str | None:
   for target in _TARGETS.values():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)),
                                 platform="cpu")
+  library.CnnJaxWinogradCalls.restype = ctypes.c_int64
+  _WINOGRAD_CALLS.append(library.CnnJaxWinogradCalls)
   return None
+
+
+_WINOGRAD_CALLS = []  # the loaded library's counter, once loaded
+
+
+def winograd_calls() -> int:
+  """How many convolutions (forward, input or weight gradient) this process ran as Winograd
+  F(2x2, 3x3) so far (0 before the library is loaded)."""
+  return int(_WINOGRAD_CALLS[0]()) if _WINOGRAD_CALLS else 0
 
 
 def unavailable_reason() -> str | None:
@@ -120,19 +133,22 @@ def available() -> bool:
 # ---------------------------------------------------------------------------------------------
 
 _USE = contextvars.ContextVar("cnn_jax_onednn_use", default=None)
+_WINOGRAD = contextvars.ContextVar("cnn_jax_onednn_winograd", default=True)
 
 
 @contextlib.contextmanager
-def use(enabled: bool):
-  """Within the block (read at trace time), ``applies`` is False if ``enabled`` is False.
+def use(enabled: bool, winograd: bool = True):
+  """Within the block (read at trace time), ``applies`` is False if ``enabled`` is False, and
+  with ``winograd=False`` every convolution runs on oneDNN's direct algorithm.
 
-  ``use(True)`` restores the default (oneDNN wherever ``available``); it cannot make an
-  unavailable library run.
+  ``use(True)`` restores the default (oneDNN wherever ``available``, Winograd F(2x2, 3x3)
+  where ``winograd_f2x3.h`` takes the layer); it cannot make an unavailable library run.
   """
-  token = _USE.set(bool(enabled))
+  token, winograd_token = _USE.set(bool(enabled)), _WINOGRAD.set(bool(winograd))
   try:
     yield
   finally:
+    _WINOGRAD.reset(winograd_token)
     _USE.reset(token)
 
 
@@ -153,7 +169,8 @@ def _attributes(geometry):
   stride, dilation, pads = geometry
   return dict(stride=np.asarray(stride, np.int64), dilation=np.asarray(dilation, np.int64),
               pad_lo=np.asarray([lo for lo, _ in pads], np.int64),
-              pad_hi=np.asarray([hi for _, hi in pads], np.int64))
+              pad_hi=np.asarray([hi for _, hi in pads], np.int64),
+              winograd=np.int64(_WINOGRAD.get()))
 
 
 def _call(kind, out_shape, a, b, geometry):

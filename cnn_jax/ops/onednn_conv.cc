@@ -6,8 +6,10 @@
 // the layouts cnn_jax uses everywhere (activations (N, H, W, C), kernels (KH, KW, C_in,
 // C_out)), so no transposes run on the XLA side; oneDNN picks its own kernel layout and the
 // handlers reorder the (small) kernel to and from it. Attributes: stride, dilation (1 = dense),
-// pad_lo, pad_hi, two int64 each, as in cnn_jax.ops.correlation.WindowSpec.
+// pad_lo, pad_hi, two int64 each, as in cnn_jax.ops.correlation.WindowSpec; winograd (0 or 1):
+// whether the layers winograd_f2x3.h takes (stride-1 3x3, padding 1) run there instead.
 
+#include <atomic>
 #include <cstdint>
 #include <exception>
 #include <mutex>
@@ -16,11 +18,16 @@
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
+#include "winograd_f2x3.h"
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
 
 namespace {
+
+// How many convolutions (of any of the three kinds) ran as Winograd F(2x2, 3x3): read by the
+// tests through CnnJaxWinogradCalls, to see which path a shape took.
+std::atomic<int64_t> winograd_calls{0};
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -121,7 +128,15 @@ memory KernelIn(const memory::desc& want, memory user, dnnl::stream& stream) {
 ffi::Error ForwardUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> stride,
                    ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
-                   ffi::Span<const int64_t> pad_hi) {
+                   ffi::Span<const int64_t> pad_hi, int64_t winograd) {
+  auto xd = x.dimensions(), wd = w.dimensions();
+  if (winograd && winograd::Applies(wd[0], wd[1], xd[1], xd[2], wd[2], wd[3], stride.begin(),
+                                    dilation.begin(), pad_lo.begin(), pad_hi.begin())) {
+    winograd::Forward(x.typed_data(), w.typed_data(), y->typed_data(), xd[0], xd[1], xd[2],
+                      wd[2], wd[3]);
+    ++winograd_calls;
+    return ffi::Error::Success();
+  }
   Geometry g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride, dilation,
                             pad_lo, pad_hi);
   Cached c = Lookup(Key("forward", g), [&] {
@@ -144,7 +159,16 @@ ffi::Error ForwardUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 ffi::Error BackwardDataUnchecked(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                         ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> stride,
                         ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
-                        ffi::Span<const int64_t> pad_hi) {
+                        ffi::Span<const int64_t> pad_hi, int64_t winograd) {
+  auto xd = dx->dimensions(), wd = w.dimensions();
+  // The input gradient is itself a correlation, from O channels to C.
+  if (winograd && winograd::Applies(wd[0], wd[1], xd[1], xd[2], wd[3], wd[2], stride.begin(),
+                                    dilation.begin(), pad_lo.begin(), pad_hi.begin())) {
+    winograd::InputGrad(dy.typed_data(), w.typed_data(), dx->typed_data(), xd[0], xd[1], xd[2],
+                        wd[2], wd[3]);
+    ++winograd_calls;
+    return ffi::Error::Success();
+  }
   Geometry g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride, dilation,
                             pad_lo, pad_hi);
   Cached c = Lookup(Key("backward_data", g), [&] {
@@ -170,7 +194,15 @@ ffi::Error BackwardDataUnchecked(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32>
 ffi::Error BackwardWeightsUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                            ffi::ResultBuffer<ffi::F32> dw, ffi::Span<const int64_t> stride,
                            ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
-                           ffi::Span<const int64_t> pad_hi) {
+                           ffi::Span<const int64_t> pad_hi, int64_t winograd) {
+  auto xd = x.dimensions(), wd = dw->dimensions();
+  if (winograd && winograd::Applies(wd[0], wd[1], xd[1], xd[2], wd[2], wd[3], stride.begin(),
+                                    dilation.begin(), pad_lo.begin(), pad_hi.begin())) {
+    winograd::WeightGrad(x.typed_data(), dy.typed_data(), dw->typed_data(), xd[0], xd[1], xd[2],
+                         wd[2], wd[3]);
+    ++winograd_calls;
+    return ffi::Error::Success();
+  }
   Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride, dilation,
                             pad_lo, pad_hi);
   Cached c = Lookup(Key("backward_weights", g), [&] {
@@ -210,8 +242,8 @@ ffi::Error Checked(ffi::Error (*run)(Args...), Args... args) {
   ffi::Error NAME(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,                          \
                   ffi::ResultBuffer<ffi::F32> out, ffi::Span<const int64_t> stride,          \
                   ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,        \
-                  ffi::Span<const int64_t> pad_hi) {                                         \
-    return Checked(&NAME##Unchecked, a, b, out, stride, dilation, pad_lo, pad_hi);           \
+                  ffi::Span<const int64_t> pad_hi, int64_t winograd) {                       \
+    return Checked(&NAME##Unchecked, a, b, out, stride, dilation, pad_lo, pad_hi, winograd); \
   }
 CNN_JAX_CHECKED(Forward)
 CNN_JAX_CHECKED(BackwardData)
@@ -227,9 +259,12 @@ CNN_JAX_CHECKED(BackwardWeights)
       .Attr<ffi::Span<const int64_t>>("stride")         \
       .Attr<ffi::Span<const int64_t>>("dilation")       \
       .Attr<ffi::Span<const int64_t>>("pad_lo")         \
-      .Attr<ffi::Span<const int64_t>>("pad_hi")
+      .Attr<ffi::Span<const int64_t>>("pad_hi")         \
+      .Attr<int64_t>("winograd")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvForward, Forward, CNN_JAX_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardData, BackwardData, CNN_JAX_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardWeights, BackwardWeights,
                               CNN_JAX_CONV_BINDING);
+
+extern "C" int64_t CnnJaxWinogradCalls() { return winograd_calls.load(); }

@@ -326,13 +326,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
   layer_names = state_lib.layer_names(model, input_shape)
   layer_order = state_lib.layer_names(state_lib.unrolled(model), input_shape)
   use_onednn = steps_lib.uses_onednn(config.cpu_convolutions, mesh.size)
-  if config.cpu_convolutions == "onednn" and not use_onednn:
-    logging.info("cpu_convolutions=onednn: oneDNN not used (%s); XLA's Eigen convolutions run",
-                 onednn.unavailable_reason() or f"{mesh.size} devices")
+  if config.cpu_convolutions.startswith("onednn") and not use_onednn:
+    logging.info("cpu_convolutions=%s: oneDNN not used (%s); XLA's Eigen convolutions run",
+                 config.cpu_convolutions, onednn.unavailable_reason() or f"{mesh.size} devices")
   data_kwargs = dict(prepare_batch=prepare_batch, mean=dataset.mean, std=dataset.std,
                      num_classes=config.num_classes, mesh=mesh, state_sharding=state_sharding,
                      xla_options=steps_lib.compiler_options(config.cpu_convolutions),
-                     use_onednn=use_onednn)
+                     use_onednn=use_onednn,
+                     winograd=steps_lib.uses_winograd(config.cpu_convolutions))
   train_step = steps_lib.make_train_step(
       model, tx, schedule, augment=bool(config.augment), label_smoothing=config.label_smoothing,
       layer_names=layer_names, **data_kwargs)

@@ -59,8 +59,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 # forward and backward, on oneDNN through XLA's FFI where it is built (cnn_jax.ops.onednn:
 # ResNet-20 train step 1.45x faster, docs/benchmarks.md, "oneDNN convolutions through XLA's
 # FFI"), with Eigen for every other convolution; on one device only (the FFI call is not
-# partitioned over a mesh).
-CPU_CONVOLUTIONS = ("onednn", "eigen", "xla_default")
+# partitioned over a mesh), and with it the stride-1 3x3 layers (the CIFAR ResNets' stages)
+# as Winograd F(2x2, 3x3) (cnn_jax/ops/winograd_f2x3.h: ResNet-20 step 1.3x faster again,
+# docs/benchmarks.md, ninth session). "onednn_direct" is "onednn" without Winograd: oneDNN's
+# direct algorithm for every layer.
+CPU_CONVOLUTIONS = ("onednn", "onednn_direct", "eigen", "xla_default")
 
 
 def check_cpu_convolutions(cpu_convolutions: str) -> None:
@@ -74,30 +77,38 @@ def compiler_options(cpu_convolutions: str = "eigen") -> dict[str, str | int]:
   """XLA compiler options for the steps' ``jax.jit`` (``{}`` off the CPU backend).
 
   On CPU: ``xla_options.optimization_level()`` (faster compiles), and with
-  ``cpu_convolutions="eigen"`` or ``"onednn"`` XLA's own convolutions in Eigen instead of
-  YNNPACK.
+  ``cpu_convolutions="eigen"``, ``"onednn"`` or ``"onednn_direct"`` XLA's own convolutions in
+  Eigen instead of YNNPACK.
 
   Raises:
     ValueError: ``cpu_convolutions`` is not one of ``CPU_CONVOLUTIONS``.
   """
   check_cpu_convolutions(cpu_convolutions)
   options: dict[str, str | int] = dict(xla_options.optimization_level())
-  if cpu_convolutions in ("onednn", "eigen") and jax.default_backend() == "cpu":
+  if cpu_convolutions != "xla_default" and jax.default_backend() == "cpu":
     options["xla_cpu_experimental_ynn_fusion_type"] = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
   return options
 
 
 def uses_onednn(cpu_convolutions: str, num_devices: int) -> bool:
   """Whether steps built with this choice run the hand ops' convolutions on oneDNN:
-  ``"onednn"``, one device, and the library available (``cnn_jax.ops.onednn.available``)."""
+  ``"onednn"`` or ``"onednn_direct"``, one device, and the library available
+  (``cnn_jax.ops.onednn.available``)."""
   check_cpu_convolutions(cpu_convolutions)
-  return cpu_convolutions == "onednn" and num_devices == 1 and onednn.available()
+  return (cpu_convolutions in ("onednn", "onednn_direct") and num_devices == 1
+          and onednn.available())
 
 
-def _with_onednn(fn: Callable, enabled: bool) -> Callable:
+def uses_winograd(cpu_convolutions: str) -> bool:
+  """Whether, where ``uses_onednn``, the stride-1 3x3 layers run as Winograd F(2x2, 3x3)."""
+  check_cpu_convolutions(cpu_convolutions)
+  return cpu_convolutions == "onednn"
+
+
+def _with_onednn(fn: Callable, enabled: bool, winograd: bool) -> Callable:
   # The choice is read while jax.jit traces fn, so it is part of the compiled step.
   def traced(*args):
-    with onednn.use(enabled):
+    with onednn.use(enabled, winograd=winograd):
       return fn(*args)
   return traced
 
@@ -171,6 +182,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
                     num_classes: int, label_smoothing: float = 0.0,
                     layer_names: Sequence[str] = (), mesh: Mesh, state_sharding,
                     xla_options: dict[str, str] | None = None, use_onednn: bool = False,
+                    winograd: bool = True,
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Builds the jitted ``train_step(state, batch) -> (state, metrics)``.
 
@@ -191,6 +203,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     state_sharding: pytree of shardings matching the state (replicated).
     xla_options: XLA compiler options (``compiler_options``); ``None``: XLA's defaults.
     use_onednn: run the hand ops' convolutions on oneDNN where they can (``uses_onednn``).
+    winograd: with ``use_onednn``, the stride-1 3x3 layers as Winograd F(2x2, 3x3)
+      (``uses_winograd``).
   Returns:
     The compiled step. Metrics are replicated float32 scalars (and a dict of them).
   """
@@ -230,7 +244,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
                               opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(_with_onednn(step_fn, use_onednn),
+  return jax.jit(_with_onednn(step_fn, use_onednn, winograd),
                  in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
                  out_shardings=(state_sharding, sharding_lib.replicated(mesh)),
                  donate_argnums=0, compiler_options=xla_options)
@@ -239,13 +253,13 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
 def make_eval_step(model, *, prepare_batch: Callable, mean: np.ndarray, std: np.ndarray,
                    num_classes: int, mesh: Mesh, state_sharding,
                    xla_options: dict[str, str] | None = None, use_onednn: bool = False,
-                   ) -> Callable[[TrainState, dict], dict]:
+                   winograd: bool = True) -> Callable[[TrainState, dict], dict]:
   """Builds the jitted ``eval_step(state, batch) -> metrics`` (sums, see module doc).
 
   The batch may carry ``"mask"`` (float32 ``(N,)``, 0 for padding rows). Returns
   ``{"loss_sum", "correct", "count"}`` replicated float32 scalars. Uses BN running statistics
   (``train=False``) and no augmentation. Loss is the plain cross-entropy (no smoothing).
-  ``xla_options``, ``use_onednn``: as in ``make_train_step``.
+  ``xla_options``, ``use_onednn``, ``winograd``: as in ``make_train_step``.
   """
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
@@ -261,7 +275,7 @@ def make_eval_step(model, *, prepare_batch: Callable, mean: np.ndarray, std: np.
     return {"loss_sum": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
             "count": jnp.sum(mask)}
 
-  return jax.jit(_with_onednn(eval_fn, use_onednn),
+  return jax.jit(_with_onednn(eval_fn, use_onednn, winograd),
                  in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
                  out_shardings=sharding_lib.replicated(mesh), compiler_options=xla_options)
 
