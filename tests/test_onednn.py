@@ -158,6 +158,19 @@ def test_winograd_runs_the_stride1_3x3_layers_and_equals_xla(rng, op):
       assert _rel(a, b) < 1e-5, (name, x.shape, w.shape)
 
 
+def test_winograd_gradients_are_the_same_bits_every_run(rng):
+  # The weight gradient sums per-thread partial products: in thread order, not in the order
+  # the threads finish, so a resumed run repeats a run's numbers exactly.
+  x, w = _draw_winograd_case(rng)
+  x = jnp.concatenate([x] * 16)  # enough tiles for every thread to take some
+  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(hand.correlate(x, w, padding="SAME") ** 2),
+                          argnums=(0, 1)))
+  first = jax.block_until_ready(grad(x, w))
+  for _ in range(3):
+    for a, b in zip(first, grad(x, w)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_winograd_switched_off_runs_the_direct_algorithm_to_the_same_values(rng):
   x, w = _draw_winograd_case(rng)
 

@@ -15,6 +15,7 @@
 // session, measures it against oneDNN's direct convolutions).
 #pragma once
 #include <immintrin.h>
+#include <omp.h>
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -238,13 +239,18 @@ __attribute__((target("avx2,fma"))) inline void WeightGrad(const float* x, const
   const int64_t blocks = (tiles + kTiles - 1) / kTiles;
   const int64_t vs = static_cast<int64_t>(kTiles) * C, qs = static_cast<int64_t>(kTiles) * O;
   const int64_t us = static_cast<int64_t>(C) * O;
-  std::vector<float> total(16 * us, 0.f);
-#pragma omp parallel
+  // Each thread sums its blocks' products into its own dU; the partial sums are added in
+  // thread order afterwards, so the result does not depend on which thread finishes first.
+  const int max_threads = omp_get_max_threads();
+  std::vector<float> partial(static_cast<size_t>(max_threads) * 16 * us, 0.f);
+  int threads = 1;
+#pragma omp parallel num_threads(max_threads)
   {
+#pragma omp single
+    threads = omp_get_num_threads();
     float* v = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 16 * vs));
     float* q = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 16 * qs));
-    float* du = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 16 * us));
-    std::memset(du, 0, sizeof(float) * 16 * us);
+    float* du = partial.data() + static_cast<size_t>(omp_get_thread_num()) * 16 * us;
 #pragma omp for schedule(static)
     for (int64_t block = 0; block < blocks; ++block) {
       const int64_t first = block * kTiles;
@@ -276,12 +282,12 @@ __attribute__((target("avx2,fma"))) inline void WeightGrad(const float* x, const
       }
       for (int p = 0; p < 16; ++p) GemmT(v + p * vs, q + p * qs, du + p * us, T, C, O);
     }
-#pragma omp critical
-    for (int64_t i = 0; i < 16 * us; ++i) total[i] += du[i];
     std::free(v);
     std::free(q);
-    std::free(du);
   }
+  float* total = partial.data();
+  for (int thread = 1; thread < threads; ++thread)
+    for (int64_t i = 0; i < 16 * us; ++i) total[i] += partial[thread * 16 * us + i];
   // dw = G^T du G per (c, o).
   const float g[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
   for (int a = 0; a < 3; ++a)
@@ -292,7 +298,7 @@ __attribute__((target("avx2,fma"))) inline void WeightGrad(const float* x, const
         for (int j = 0; j < 4; ++j) {
           const float f = g[i][a] * g[j][b];
           if (f == 0.f) continue;
-          const float* in = total.data() + (i * 4 + j) * us;
+          const float* in = total + (i * 4 + j) * us;
           for (int64_t k = 0; k < us; ++k) out[k] += f * in[k];
         }
     }
