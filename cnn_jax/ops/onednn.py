@@ -9,6 +9,12 @@ the 8x8x64 weight gradient ties). XLA cannot reach oneDNN's convolutions itself 
 gradient), built against the pinned ``onednn-cpu-gomp`` wheel by ``python -m
 cnn_jax.ops.onednn build`` (``make`` runs it).
 
+The handlers run the stride-1, padding-1 3x3 layers (even sizes, channels multiples of 8 in
+and 16 out: every stage of the CIFAR ResNets) as Winograd F(2x2, 3x3) instead
+(``winograd_f2x3.h``, 2.25x fewer multiplications; the ResNet-20 train step 1.3x faster than
+oneDNN's direct algorithm, docs/benchmarks.md, ninth session) unless traced inside
+``use(True, winograd=False)``; ``winograd_calls()`` counts how many ran.
+
 ``correlate(x, w, spec)`` is differentiable to any order: each of the three is linear in each
 argument, and the vector-Jacobian products of each are the other two (derived at
 ``_forward``), so grad-of-grad stays on oneDNN too.
