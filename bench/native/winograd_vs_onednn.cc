@@ -1,0 +1,133 @@
+// cnn_jax's Winograd F(2x2, 3x3) kernels (cnn_jax/ops/winograd_f2x3.h) against oneDNN's
+// direct convolutions, alone, on the CIFAR ResNets' stride-1 3x3 layers.
+//
+// For each layer (batch, channels, size; default: the three stages of a 32x32 ResNet at batch
+// 128, then the demo's 12x12 stages at batch 64) it times, best of 20 calls: oneDNN's
+// forward, backward-data and backward-weights primitives (NHWC activations, `any` kernel
+// layout, the weight gradient reordered back to HWIO, as cnn_jax/ops/onednn_conv.cc does) and
+// the Winograd forward, input gradient and weight gradient, and prints how far the two agree
+// (largest difference over the largest entry). GFLOP/s count the direct algorithm's
+// 2*N*H*W*C*O*9 for both, so Winograd's figure is an effective rate. Build and run from the
+// repository root (docs/benchmarks.md, ninth session):
+//
+//   P=.venv; g++ -O2 -std=c++17 -fopenmp bench/native/winograd_vs_onednn.cc -Icnn_jax/ops \
+//       -I$P/include -L$P/lib -ldnnl -Wl,-rpath,$P/lib -o /tmp/winograd_vs_onednn && \
+//       /tmp/winograd_vs_onednn [N,C,H ...]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "winograd_f2x3.h"
+
+using namespace dnnl;
+using tag = memory::format_tag;
+
+namespace {
+
+engine eng(engine::kind::cpu, 0);
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+template <class F>
+double BestMs(F f, int reps = 20) {
+  f();
+  double best = 1e9;
+  for (int i = 0; i < reps; ++i) {
+    double start = Now();
+    f();
+    best = std::min(best, Now() - start);
+  }
+  return best * 1e3;
+}
+
+double RelDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, static_cast<double>(std::fabs(a[i] - b[i])));
+    scale = std::max(scale, static_cast<double>(std::fabs(b[i])));
+  }
+  return diff / scale;
+}
+
+void Layer(int N, int C, int H) {
+  const int O = C, W = H;
+  std::vector<float> x(size_t(N) * H * W * C), w(9 * size_t(C) * O), dy(size_t(N) * H * W * O);
+  for (auto& v : x) v = (rand() % 2000) / 1000.f - 1;
+  for (auto& v : w) v = ((rand() % 2000) / 1000.f - 1) * 0.2f;
+  for (auto& v : dy) v = (rand() % 2000) / 1000.f - 1;
+  std::vector<float> y(dy.size()), y_ref(dy.size()), dx(x.size()), dx_ref(x.size()),
+      dw(w.size()), dw_ref(w.size());
+
+  memory::dims src{N, C, H, W}, wei{O, C, 3, 3}, dst{N, O, H, W};
+  auto act = [](const memory::dims& d) { return memory::desc(d, memory::data_type::f32, tag::nhwc); };
+  memory::desc any_kernel(wei, memory::data_type::f32, tag::any);
+  memory::desc user_kernel(wei, memory::data_type::f32, tag::hwio);
+  primitive_attr attr;
+  attr.set_scratchpad_mode(scratchpad_mode::user);
+  stream s(eng);
+  auto fwd = convolution_forward::primitive_desc(eng, prop_kind::forward_training,
+      algorithm::convolution_direct, act(src), any_kernel, act(dst), {1, 1}, {0, 0}, {1, 1},
+      {1, 1}, attr);
+  auto bwd_data = convolution_backward_data::primitive_desc(eng, algorithm::convolution_direct,
+      act(src), any_kernel, act(dst), {1, 1}, {0, 0}, {1, 1}, {1, 1}, fwd, attr);
+  auto bwd_weights = convolution_backward_weights::primitive_desc(eng,
+      algorithm::convolution_direct, act(src), any_kernel, act(dst), {1, 1}, {0, 0}, {1, 1},
+      {1, 1}, fwd, attr);
+  memory x_m(act(src), eng, x.data()), y_m(act(dst), eng, y_ref.data()),
+      dy_m(act(dst), eng, dy.data()), dx_m(act(src), eng, dx_ref.data());
+  memory w_user(user_kernel, eng, w.data()), w_fwd(fwd.weights_desc(), eng),
+      w_bwd(bwd_data.weights_desc(), eng), dw_user(user_kernel, eng, dw_ref.data()),
+      dw_m(bwd_weights.diff_weights_desc(), eng);
+  reorder(w_user, w_fwd).execute(s, w_user, w_fwd);
+  reorder(w_user, w_bwd).execute(s, w_user, w_bwd);
+  memory pad1(fwd.scratchpad_desc(), eng), pad2(bwd_data.scratchpad_desc(), eng),
+      pad3(bwd_weights.scratchpad_desc(), eng);
+  convolution_forward f(fwd);
+  convolution_backward_data bd(bwd_data);
+  convolution_backward_weights bw(bwd_weights);
+
+  double onednn[3] = {
+      BestMs([&] { f.execute(s, {{DNNL_ARG_SRC, x_m}, {DNNL_ARG_WEIGHTS, w_fwd},
+                                 {DNNL_ARG_DST, y_m}, {DNNL_ARG_SCRATCHPAD, pad1}}); s.wait(); }),
+      BestMs([&] { bd.execute(s, {{DNNL_ARG_DIFF_SRC, dx_m}, {DNNL_ARG_WEIGHTS, w_bwd},
+                                  {DNNL_ARG_DIFF_DST, dy_m}, {DNNL_ARG_SCRATCHPAD, pad2}}); s.wait(); }),
+      BestMs([&] { bw.execute(s, {{DNNL_ARG_SRC, x_m}, {DNNL_ARG_DIFF_WEIGHTS, dw_m},
+                                  {DNNL_ARG_DIFF_DST, dy_m}, {DNNL_ARG_SCRATCHPAD, pad3}});
+                   reorder(dw_m, dw_user).execute(s, dw_m, dw_user); s.wait(); })};
+  double winograd[3] = {
+      BestMs([&] { winograd::Forward(x.data(), w.data(), y.data(), N, H, W, C, O); }),
+      BestMs([&] { winograd::InputGrad(dy.data(), w.data(), dx.data(), N, H, W, C, O); }),
+      BestMs([&] { winograd::WeightGrad(x.data(), dy.data(), dw.data(), N, H, W, C, O); })};
+  const double gflop = 2.0 * N * H * W * C * O * 9 / 1e9;
+  const char* names[3] = {"forward", "input grad", "weight grad"};
+  const double diffs[3] = {RelDiff(y, y_ref), RelDiff(dx, dx_ref), RelDiff(dw, dw_ref)};
+  for (int k = 0; k < 3; ++k)
+    printf("N%-4d C%-3d %2dx%-2d %-12s oneDNN %6.2f ms (%5.1f GF/s)  Winograd %6.2f ms "
+           "(%5.1f effective)  x%.2f  rel diff %.1e\n",
+           N, C, H, W, names[k], onednn[k], gflop / onednn[k] * 1e3, winograd[k],
+           gflop / winograd[k] * 1e3, onednn[k] / winograd[k], diffs[k]);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::vector<int>> layers = {{128, 16, 32}, {128, 32, 16}, {128, 64, 8},
+                                          {64, 16, 12}, {64, 32, 6}};
+  if (argc > 1) layers.clear();
+  for (int i = 1; i < argc; ++i) {
+    int n, c, h;
+    if (sscanf(argv[i], "%d,%d,%d", &n, &c, &h) != 3) {
+      fprintf(stderr, "usage: %s [N,C,H ...]\n", argv[0]);
+      return 2;
+    }
+    layers.push_back({n, c, h});
+  }
+  for (const auto& l : layers) Layer(l[0], l[1], l[2]);
+}
