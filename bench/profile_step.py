@@ -56,7 +56,8 @@ def main(argv=None):
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--grad", default="hand", choices=("hand", "autodiff"))
   parser.add_argument("--cpu_convolutions", default="onednn",
-                      choices=("onednn", "onednn_direct", "eigen", "xla_default"),
+                      choices=("onednn", "onednn_direct", "onednn_winograd4", "eigen",
+                               "xla_default"),
                       help="as the trainer's (cnn_jax.train.steps.CPU_CONVOLUTIONS)")
   parser.add_argument("--cores", type=int, default=1,
                       help="pin to this many cores (0: leave the affinity alone)")
@@ -87,7 +88,7 @@ def main(argv=None):
       model, args.batch, args.image_size, 1,
       xla_options=steps_lib.compiler_options(args.cpu_convolutions),
       use_onednn=steps_lib.uses_onednn(args.cpu_convolutions, 1),
-      winograd=steps_lib.uses_winograd(args.cpu_convolutions))
+      winograd=steps_lib.winograd_tile(args.cpu_convolutions))
   step().block_until_ready()
   start = time.perf_counter()
   for _ in range(args.steps):

@@ -2,7 +2,7 @@
 
   python -m bench.train_step --model=resnet --depth=20 --batch=128 [--json] \
       [--compare=torch] [--torch_threads=T,...] [--steps=N] [--repeats=R]
-      [--grad=autodiff,hand,...] [--devices=D,...] [--cpu_convolutions=onednn,onednn_direct,eigen,xla_default]
+      [--grad=autodiff,hand,...] [--devices=D,...] [--cpu_convolutions=onednn,onednn_direct,onednn_winograd4,eigen,xla_default]
       [--dtype=float32,bfloat16]
       [--[no]scan | --blocks=scan,unrolled] [--compile_only] [--matmul [--matmul_size=4096]]
 
@@ -53,6 +53,9 @@ import numpy as np
 
 
 GRADS = ("autodiff", "hand", "hand-conv", "hand-taps")
+# The trainer's choices (cnn_jax.train.steps.CPU_CONVOLUTIONS), spelled out: the bench runs
+# without the project package too.
+CPU_CONVOLUTIONS = ("onednn", "onednn_direct", "onednn_winograd4", "eigen", "xla_default")
 
 
 def _parse(argv):
@@ -84,7 +87,7 @@ def _parse(argv):
                       help="comma-separated: onednn (the trainer's default: the hand ops' "
                       "convolutions on oneDNN where built, cnn_jax.ops.onednn, the stride-1 3x3 "
                       "ones as Winograd F(2x2,3x3); XLA's own in Eigen), onednn_direct (the same "
-                      "without Winograd), eigen (XLA's CPU backend runs every convolution with Eigen), "
+                      "without Winograd), onednn_winograd4 (F(4x4,3x3) where sizes allow), eigen (XLA's CPU backend runs every convolution with Eigen), "
                       "xla_default (XLA's choice: YNNPACK above 16 channels); see "
                       "cnn_jax.train.steps.CPU_CONVOLUTIONS")
   parser.add_argument("--dtype", default="float32",
@@ -135,9 +138,9 @@ def _parse(argv):
     parser.error("--blocks and --[no]scan are not allowed together: give one")
   args.cpu_convolutions_list = args.cpu_convolutions.split(",")
   for value in args.cpu_convolutions_list:
-    if value not in ("onednn", "onednn_direct", "eigen", "xla_default"):
-      parser.error(f"--cpu_convolutions: {value!r} is not allowed: give some of onednn, "
-                   "onednn_direct, eigen, xla_default")
+    if value not in CPU_CONVOLUTIONS:
+      parser.error(f"--cpu_convolutions: {value!r} is not allowed: give some of "
+                   f"{', '.join(CPU_CONVOLUTIONS)}")
   for devices in args.devices_list:
     if devices < 1 or args.batch % devices:
       parser.error(f"--devices: {devices} is not allowed: give ints >= 1 dividing "
@@ -188,12 +191,12 @@ def build_model(args, grad, dtype="float32"):
 
 def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum=0.9,
                      weight_decay=1e-4, run_once=True, xla_options=None, use_onednn=False,
-                     winograd=True):
+                     winograd=2):
   """Compiles a donated SGD-momentum train step; returns ``(step, compile_seconds)``.
 
   ``xla_options``: XLA compiler options for the step (``cnn_jax.train.steps.compiler_options``);
   ``use_onednn``, ``winograd``: the hand ops' convolutions on oneDNN where they can, the
-  stride-1 3x3 ones as Winograd F(2x2, 3x3) with ``winograd``
+  stride-1 3x3 ones as Winograd with output tiles up to ``winograd`` (0: none)
   (``cnn_jax.train.steps.uses_onednn``).
 
   ``step()`` runs one step and returns the loss (a device array, not waited for).
@@ -311,7 +314,7 @@ def run(args) -> dict:
         model, args.batch, args.image_size, devices, run_once=not args.compile_only,
         xla_options=steps_lib.compiler_options(cpu_convolutions),
         use_onednn=steps_lib.uses_onednn(cpu_convolutions, devices),
-        winograd=steps_lib.uses_winograd(cpu_convolutions))
+        winograd=steps_lib.winograd_tile(cpu_convolutions))
     runners[label] = (step, lambda out: out.block_until_ready())
   if args.compile_only:
     return {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,

@@ -32,7 +32,7 @@ def _launch(*args, cwd):
      ["--parallel_with=threads is not allowed for --experiment=summary", "pyplot"]),
     (["--experiment=train", "--parallel_with=fibres"], ["parallel_with", "threads"]),
     (["--experiment=train", "--config.cpu_convolutions=mkl"],
-     ["cpu_convolutions='mkl' is not allowed", "onednn, onednn_direct, eigen, xla_default"]),
+     ["cpu_convolutions='mkl' is not allowed", "onednn, onednn_direct, onednn_winograd4, eigen, xla_default"]),
 ])
 def test_cli_misuse_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
   workdir = tmp_path / "out"

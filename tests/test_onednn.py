@@ -129,63 +129,102 @@ def test_other_convolutions_stay_on_xla_with_the_same_values(rng, case):
   assert _rel(y.astype(jnp.float32), ops.correlate(x, w, **kwargs).astype(jnp.float32)) < tolerance
 
 
-def _draw_winograd_case(rng):
-  """A random stride-1 3x3 "SAME" correlation that Winograd F(2x2, 3x3) takes: even sizes,
-  input channels a multiple of 8, output channels a multiple of 16."""
+# F(4x4, 3x3)'s transforms cancel larger terms (coefficients up to 8 and 1/24): its rounding
+# is 10-20x F(2x2, 3x3)'s, measured against float64 at 3e-6 to 8e-6 of the largest entry
+# (forward, 16-64 channels) and up to 3e-5 (weight gradient, 131,072 positions); these tests'
+# sums are shorter. 1e-4 keeps a 3x margin over the worst measured; second order 3e-4.
+TOLERANCE = {2: 1e-5, 4: 1e-4}
+
+
+def _draw_winograd_case(rng, tile=2):
+  """A random stride-1 3x3 "SAME" correlation that Winograd F(tile x tile, 3x3) takes: sizes
+  multiples of ``tile`` (for tile 2, not of 4: F(4x4, 3x3) could take those), input channels
+  a multiple of 8, output channels a multiple of 16."""
   batch = int(rng.integers(1, 4))
-  height, width = (2 * int(rng.integers(1, 7)) for _ in range(2))
+  if tile == 4:
+    height, width = (4 * int(rng.integers(1, 4)) for _ in range(2))
+  else:
+    height, width = (4 * int(rng.integers(0, 3)) + 2 for _ in range(2))
   c_in, c_out = 8 * int(rng.integers(1, 5)), 16 * int(rng.integers(1, 4))
   x = jnp.asarray(rng.standard_normal((batch, height, width, c_in)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, c_in, c_out)), jnp.float32)
   return x, w
 
 
+def _calls():
+  return {tile: onednn.winograd_calls(tile) for tile in (2, 4)}
+
+
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("op", ["correlate", "convolve"])
-def test_winograd_runs_the_stride1_3x3_layers_and_equals_xla(rng, op):
+def test_winograd_runs_the_stride1_3x3_layers_and_equals_xla(rng, op, tile):
   for _ in range(3):
-    x, w = _draw_winograd_case(rng)
+    x, w = _draw_winograd_case(rng, tile)
     fast = lambda x, w: getattr(hand, op)(x, w, padding="SAME")
     reference = lambda x, w: getattr(ops, op)(x, w, padding="SAME")
-    before = onednn.winograd_calls()
-    y, vjp = jax.vjp(fast, x, w)
-    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-    got = jax.block_until_ready((y, *vjp(g)))
+    before = _calls()
+    with onednn.use(True, winograd=tile):
+      y, vjp = jax.vjp(fast, x, w)
+      g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+      got = jax.block_until_ready((y, *vjp(g)))
     # Forward and weight gradient always; the input gradient (a correlation from c_out
     # channels to c_in) when c_in is a multiple of 16 as well.
-    assert onednn.winograd_calls() - before == (3 if x.shape[-1] % 16 == 0 else 2), x.shape
+    ran = {t: onednn.winograd_calls(t) - before[t] for t in (2, 4)}
+    expected = 3 if x.shape[-1] % 16 == 0 else 2
+    assert ran == {2: expected if tile == 2 else 0, 4: expected if tile == 4 else 0}, x.shape
     y_ref, vjp_ref = jax.vjp(reference, x, w)
     for name, a, b in zip(("y", "dx", "dw"), got, (y_ref, *vjp_ref(g))):
-      assert _rel(a, b) < 1e-5, (name, x.shape, w.shape)
+      assert _rel(a, b) < TOLERANCE[tile], (name, x.shape, w.shape)
 
 
-def test_winograd_gradients_are_the_same_bits_every_run(rng):
+def test_winograd4_falls_back_to_2x2_tiles_where_sizes_are_not_multiples_of_4(rng):
+  x, w = _draw_winograd_case(rng, tile=2)  # sizes 2 mod 4
+  before = _calls()
+  with onednn.use(True, winograd=4):
+    y = jax.block_until_ready(hand.correlate(x, w, padding="SAME"))
+  assert _calls() == {2: before[2] + 1, 4: before[4]}
+  assert _rel(y, ops.correlate(x, w, padding="SAME")) < TOLERANCE[2]
+
+
+def test_use_rejects_an_unknown_winograd_tile():
+  for tile in (1, 3, True):
+    with pytest.raises(ValueError, match="winograd=.* is not allowed: give one of 0, 2, 4"):
+      with onednn.use(True, winograd=tile):
+        pass
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_gradients_are_the_same_bits_every_run(rng, tile):
   # The weight gradient sums per-thread partial products: in thread order, not in the order
   # the threads finish, so a resumed run repeats a run's numbers exactly.
-  x, w = _draw_winograd_case(rng)
+  x, w = _draw_winograd_case(rng, tile)
   x = jnp.concatenate([x] * 16)  # enough tiles for every thread to take some
-  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(hand.correlate(x, w, padding="SAME") ** 2),
-                          argnums=(0, 1)))
-  first = jax.block_until_ready(grad(x, w))
-  for _ in range(3):
-    for a, b in zip(first, grad(x, w)):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with onednn.use(True, winograd=tile):
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(hand.correlate(x, w, padding="SAME") ** 2),
+                            argnums=(0, 1)))
+    first = jax.block_until_ready(grad(x, w))
+    for _ in range(3):
+      for a, b in zip(first, grad(x, w)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_winograd_switched_off_runs_the_direct_algorithm_to_the_same_values(rng):
   x, w = _draw_winograd_case(rng)
+  g = jnp.asarray(rng.standard_normal(x.shape[:-1] + w.shape[-1:]), jnp.float32)
 
   def run():  # a new function each time: jax.jit caches traces by function, not by context
-    f = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(hand.correlate(
-        x, w, padding="SAME"))), argnums=(0, 1)))
-    return jax.block_until_ready(f(x, w))
+    def forward_and_vjp(x, w):
+      y, vjp = jax.vjp(lambda x, w: hand.correlate(x, w, padding="SAME"), x, w)
+      return (y, *vjp(g))
+    return jax.block_until_ready(jax.jit(forward_and_vjp)(x, w))
 
-  with onednn.use(True, winograd=False):
-    before = onednn.winograd_calls()
+  with onednn.use(True, winograd=0):
+    before = _calls()
     direct = run()
-  assert onednn.winograd_calls() == before
+  assert _calls() == before
   winograd = run()
-  assert onednn.winograd_calls() > before
-  for a, b in zip(jax.tree.leaves(winograd), jax.tree.leaves(direct)):
+  assert onednn.winograd_calls(2) > before[2]
+  for a, b in zip(winograd, direct):
     assert _rel(a, b) < 1e-5
 
 
@@ -205,20 +244,22 @@ def test_winograd_leaves_other_layers_to_onednn_with_the_same_values(rng, case):
   w = jnp.asarray(rng.standard_normal((kernel, kernel, c_in, c_out)), jnp.float32)
   kwargs = dict(stride=stride, dilation=dilation, padding=padding)
   fast = lambda x, w: hand.correlate(x, w, **kwargs)
-  before = onednn.winograd_calls()
-  y, vjp = jax.vjp(fast, x, w)
-  g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-  got = jax.block_until_ready((y, *vjp(g)))
-  assert onednn.winograd_calls() == before, case
+  before = _calls()
+  with onednn.use(True, winograd=4):
+    y, vjp = jax.vjp(fast, x, w)
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    got = jax.block_until_ready((y, *vjp(g)))
+  assert _calls() == before, case
   y_ref, vjp_ref = jax.vjp(lambda x, w: ops.correlate(x, w, **kwargs), x, w)
   for a, b in zip(got, (y_ref, *vjp_ref(g))):
     assert _rel(a, b) < 1e-5, case
 
 
-def test_winograd_second_order_gradients_equal_xla(rng):
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_second_order_gradients_equal_xla(rng, tile):
   # As test_second_order_gradients_equal_xla, on a layer Winograd takes: the VJPs of the
   # input and weight gradients are forward / weight-gradient calls on the same geometry.
-  x, w = _draw_winograd_case(rng)
+  x, w = _draw_winograd_case(rng, tile)
 
   def second(namespace):
     def loss(x, w):
@@ -230,18 +271,20 @@ def test_winograd_second_order_gradients_equal_xla(rng):
       return jnp.sum(dx ** 2) + jnp.sum(dw ** 2)
     return jax.jit(jax.grad(energy, argnums=(0, 1)))(x, w)
 
-  before = onednn.winograd_calls()
-  got = jax.block_until_ready(second(hand))
-  assert onednn.winograd_calls() > before
+  before = onednn.winograd_calls(tile)
+  with onednn.use(True, winograd=tile):
+    got = jax.block_until_ready(second(hand))
+  assert onednn.winograd_calls(tile) > before
   for a, b in zip(got, second(ops)):
-    assert _rel(a, b) < 3e-5, x.shape
+    assert _rel(a, b) < 3 * TOLERANCE[tile], x.shape
 
 
 def test_trainer_takes_onednn_only_when_asked_on_one_device():
   assert steps_lib.uses_onednn("onednn", 1)
   assert steps_lib.uses_onednn("onednn_direct", 1)
-  assert steps_lib.uses_winograd("onednn")
-  assert not steps_lib.uses_winograd("onednn_direct")
+  assert steps_lib.uses_onednn("onednn_winograd4", 1)
+  assert [steps_lib.winograd_tile(c) for c in ("onednn", "onednn_winograd4", "onednn_direct",
+                                               "eigen")] == [2, 4, 0, 0]
   assert not steps_lib.uses_onednn("eigen", 1)
   assert not steps_lib.uses_onednn("xla_default", 1)
   # The FFI call is not partitioned: a mesh of several devices keeps XLA's convolutions.

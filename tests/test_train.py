@@ -432,7 +432,7 @@ def test_cpu_convolutions_value_is_checked():
   from cnn_jax.train import loop  # pylint: disable=g-import-not-at-top
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="cpu_convolutions='ynn' is not allowed: give one of "
-                     "onednn, onednn_direct, eigen, xla_default"):
+                     "onednn, onednn_direct, onednn_winograd4, eigen, xla_default"):
     steps_lib.compiler_options("ynn")
   config = default.get_config()
   config.cpu_convolutions = "mkl"

@@ -13,7 +13,9 @@ The handlers run the stride-1, padding-1 3x3 layers (even sizes, channels multip
 and 16 out: every stage of the CIFAR ResNets) as Winograd F(2x2, 3x3) instead
 (``winograd_f2x3.h``, 2.25x fewer multiplications; the ResNet-20 train step 1.3x faster than
 oneDNN's direct algorithm, docs/benchmarks.md, ninth session) unless traced inside
-``use(True, winograd=False)``; ``winograd_calls()`` counts how many ran.
+``use(True, winograd=0)``; ``use(True, winograd=4)`` takes F(4x4, 3x3) where the sizes are
+multiples of 4 (``winograd_f4x3.h``: faster again, less accurate); ``winograd_calls(tile)``
+counts how many ran.
 
 ``correlate(x, w, spec)`` is differentiable to any order: each of the three is linear in each
 argument, and the vector-Jacobian products of each are the other two (derived at
@@ -45,7 +47,9 @@ import numpy as np
 from cnn_jax.ops import correlation
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
-WINOGRAD_SOURCE = os.path.join(os.path.dirname(SOURCE), "winograd_f2x3.h")
+WINOGRAD_SOURCES = tuple(os.path.join(os.path.dirname(SOURCE), name)
+                         for name in ("winograd_f2x3.h", "winograd_f4x3.h"))
+WINOGRAD_TILES = (0, 2, 4)  # largest Winograd output tile: none, F(2x2, 3x3), F(4x4, 3x3)
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_onednn_conv.so")
 DISABLE_VARIABLE = "CNN_JAX_ONEDNN"
 _TARGETS = {"forward": "CnnJaxOnednnConvForward",
@@ -96,7 +100,7 @@ def _load() -> str | None:
   """Loads the built library and registers its handlers; ``None`` on success, else why not."""
   if not os.path.exists(LIBRARY):
     return f"{LIBRARY} is not built (run `make` or `python -m cnn_jax.ops.onednn build`)"
-  for source in (SOURCE, WINOGRAD_SOURCE):
+  for source in (SOURCE,) + WINOGRAD_SOURCES:
     if os.path.getmtime(LIBRARY) < os.path.getmtime(source):
       return f"{LIBRARY} is older than {source}: rebuild it (`python -m cnn_jax.ops.onednn build`)"
   try:
@@ -107,6 +111,7 @@ def _load() -> str | None:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)),
                                 platform="cpu")
   library.CnnJaxWinogradCalls.restype = ctypes.c_int64
+  library.CnnJaxWinogradCalls.argtypes = [ctypes.c_int64]
   _WINOGRAD_CALLS.append(library.CnnJaxWinogradCalls)
   return None
 
@@ -114,10 +119,10 @@ def _load() -> str | None:
 _WINOGRAD_CALLS = []  # the loaded library's counter, once loaded
 
 
-def winograd_calls() -> int:
+def winograd_calls(tile: int = 2) -> int:
   """How many convolutions (forward, input or weight gradient) this process ran as Winograd
-  F(2x2, 3x3) so far (0 before the library is loaded)."""
-  return int(_WINOGRAD_CALLS[0]()) if _WINOGRAD_CALLS else 0
+  F(tile x tile, 3x3) so far (``tile`` 2 or 4; 0 before the library is loaded)."""
+  return int(_WINOGRAD_CALLS[0](tile)) if _WINOGRAD_CALLS else 0
 
 
 def unavailable_reason() -> str | None:
@@ -139,18 +144,26 @@ def available() -> bool:
 # ---------------------------------------------------------------------------------------------
 
 _USE = contextvars.ContextVar("cnn_jax_onednn_use", default=None)
-_WINOGRAD = contextvars.ContextVar("cnn_jax_onednn_winograd", default=True)
+_WINOGRAD = contextvars.ContextVar("cnn_jax_onednn_winograd", default=2)
 
 
 @contextlib.contextmanager
-def use(enabled: bool, winograd: bool = True):
+def use(enabled: bool, winograd: int = 2):
   """Within the block (read at trace time), ``applies`` is False if ``enabled`` is False, and
-  with ``winograd=False`` every convolution runs on oneDNN's direct algorithm.
+  ``winograd`` is the largest Winograd output tile for the layers it takes (``WINOGRAD_TILES``):
+  0 runs every convolution on oneDNN's direct algorithm, 2 (the default) F(2x2, 3x3)
+  (``winograd_f2x3.h``), 4 F(4x4, 3x3) where H and W are multiples of 4 (``winograd_f4x3.h``:
+  1.5x faster, ~10-20x larger float32 rounding), F(2x2, 3x3) elsewhere.
 
-  ``use(True)`` restores the default (oneDNN wherever ``available``, Winograd F(2x2, 3x3)
-  where ``winograd_f2x3.h`` takes the layer); it cannot make an unavailable library run.
+  ``use(True)`` restores the default; it cannot make an unavailable library run.
+
+  Raises:
+    ValueError: ``winograd`` is not in ``WINOGRAD_TILES``.
   """
-  token, winograd_token = _USE.set(bool(enabled)), _WINOGRAD.set(bool(winograd))
+  if winograd not in WINOGRAD_TILES or isinstance(winograd, bool):
+    raise ValueError(f"winograd={winograd!r} is not allowed: give one of "
+                     f"{', '.join(map(str, WINOGRAD_TILES))}")
+  token, winograd_token = _USE.set(bool(enabled)), _WINOGRAD.set(int(winograd))
   try:
     yield
   finally:

@@ -6,8 +6,9 @@
 // the layouts cnn_jax uses everywhere (activations (N, H, W, C), kernels (KH, KW, C_in,
 // C_out)), so no transposes run on the XLA side; oneDNN picks its own kernel layout and the
 // handlers reorder the (small) kernel to and from it. Attributes: stride, dilation (1 = dense),
-// pad_lo, pad_hi, two int64 each, as in cnn_jax.ops.correlation.WindowSpec; winograd (0 or 1):
-// whether the layers winograd_f2x3.h takes (stride-1 3x3, padding 1) run there instead.
+// pad_lo, pad_hi, two int64 each, as in cnn_jax.ops.correlation.WindowSpec; winograd (0, 2 or
+// 4): the largest Winograd output tile to use for the layers winograd_f2x3.h / _f4x3.h take
+// (stride-1 3x3, padding 1; 0: oneDNN's direct algorithm for every layer).
 
 #include <atomic>
 #include <cstdint>
@@ -18,16 +19,28 @@
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
-#include "winograd_f2x3.h"
+#include "winograd_f4x3.h"  // and winograd_f2x3.h
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
 
 namespace {
 
-// How many convolutions (of any of the three kinds) ran as Winograd F(2x2, 3x3): read by the
-// tests through CnnJaxWinogradCalls, to see which path a shape took.
-std::atomic<int64_t> winograd_calls{0};
+// How many convolutions (of any of the three kinds) ran as Winograd, by output tile (2, 4):
+// read by the tests through CnnJaxWinogradCalls, to see which path a shape took.
+std::atomic<int64_t> winograd_calls[5];
+
+// The Winograd output tile (4, 2, or 0: none) for a correlation of kernel (kh, kw) over an
+// (h, w) image from c to o channels, given the largest tile asked for.
+int WinogradTile(int64_t asked, int64_t kh, int64_t kw, int64_t h, int64_t w, int64_t c,
+                 int64_t o, ffi::Span<const int64_t> stride, ffi::Span<const int64_t> dilation,
+                 ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi) {
+  const int64_t *s = stride.begin(), *d = dilation.begin(), *lo = pad_lo.begin(),
+                *hi = pad_hi.begin();
+  if (asked >= 4 && winograd::Applies4(kh, kw, h, w, c, o, s, d, lo, hi)) return 4;
+  if (asked >= 2 && winograd::Applies(kh, kw, h, w, c, o, s, d, lo, hi)) return 2;
+  return 0;
+}
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -130,11 +143,11 @@ ffi::Error ForwardUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
                    ffi::Span<const int64_t> pad_hi, int64_t winograd) {
   auto xd = x.dimensions(), wd = w.dimensions();
-  if (winograd && winograd::Applies(wd[0], wd[1], xd[1], xd[2], wd[2], wd[3], stride.begin(),
-                                    dilation.begin(), pad_lo.begin(), pad_hi.begin())) {
-    winograd::Forward(x.typed_data(), w.typed_data(), y->typed_data(), xd[0], xd[1], xd[2],
-                      wd[2], wd[3]);
-    ++winograd_calls;
+  if (int tile = WinogradTile(winograd, wd[0], wd[1], xd[1], xd[2], wd[2], wd[3], stride,
+                              dilation, pad_lo, pad_hi)) {
+    (tile == 4 ? winograd::Forward4 : winograd::Forward)(
+        x.typed_data(), w.typed_data(), y->typed_data(), xd[0], xd[1], xd[2], wd[2], wd[3]);
+    ++winograd_calls[tile];
     return ffi::Error::Success();
   }
   Geometry g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride, dilation,
@@ -162,11 +175,11 @@ ffi::Error BackwardDataUnchecked(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32>
                         ffi::Span<const int64_t> pad_hi, int64_t winograd) {
   auto xd = dx->dimensions(), wd = w.dimensions();
   // The input gradient is itself a correlation, from O channels to C.
-  if (winograd && winograd::Applies(wd[0], wd[1], xd[1], xd[2], wd[3], wd[2], stride.begin(),
-                                    dilation.begin(), pad_lo.begin(), pad_hi.begin())) {
-    winograd::InputGrad(dy.typed_data(), w.typed_data(), dx->typed_data(), xd[0], xd[1], xd[2],
-                        wd[2], wd[3]);
-    ++winograd_calls;
+  if (int tile = WinogradTile(winograd, wd[0], wd[1], xd[1], xd[2], wd[3], wd[2], stride,
+                              dilation, pad_lo, pad_hi)) {
+    (tile == 4 ? winograd::InputGrad4 : winograd::InputGrad)(
+        dy.typed_data(), w.typed_data(), dx->typed_data(), xd[0], xd[1], xd[2], wd[2], wd[3]);
+    ++winograd_calls[tile];
     return ffi::Error::Success();
   }
   Geometry g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride, dilation,
@@ -196,11 +209,11 @@ ffi::Error BackwardWeightsUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F3
                            ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
                            ffi::Span<const int64_t> pad_hi, int64_t winograd) {
   auto xd = x.dimensions(), wd = dw->dimensions();
-  if (winograd && winograd::Applies(wd[0], wd[1], xd[1], xd[2], wd[2], wd[3], stride.begin(),
-                                    dilation.begin(), pad_lo.begin(), pad_hi.begin())) {
-    winograd::WeightGrad(x.typed_data(), dy.typed_data(), dw->typed_data(), xd[0], xd[1], xd[2],
-                         wd[2], wd[3]);
-    ++winograd_calls;
+  if (int tile = WinogradTile(winograd, wd[0], wd[1], xd[1], xd[2], wd[2], wd[3], stride,
+                              dilation, pad_lo, pad_hi)) {
+    (tile == 4 ? winograd::WeightGrad4 : winograd::WeightGrad)(
+        x.typed_data(), dy.typed_data(), dw->typed_data(), xd[0], xd[1], xd[2], wd[2], wd[3]);
+    ++winograd_calls[tile];
     return ffi::Error::Success();
   }
   Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride, dilation,
@@ -267,4 +280,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardData, BackwardData, CNN_JA
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardWeights, BackwardWeights,
                               CNN_JAX_CONV_BINDING);
 
-extern "C" int64_t CnnJaxWinogradCalls() { return winograd_calls.load(); }
+extern "C" int64_t CnnJaxWinogradCalls(int64_t tile) {
+  return tile == 2 || tile == 4 ? winograd_calls[tile].load() : 0;
+}

@@ -322,16 +322,22 @@ inline void Forward(const float* x, const float* w, float* y, int N, int H, int 
   Correlate(x, u.data(), y, N, H, W, C, O);
 }
 
-// dx (N,H,W,C) = the input gradient of Forward for output cotangent dy (N,H,W,O): dy
-// correlated with w turned by 180 degrees, its channel axes swapped (3,3,O,C).
-inline void InputGrad(const float* dy, const float* w, float* dx, int N, int H, int W, int C,
-                      int O) {
-  std::vector<float> turned(9 * static_cast<size_t>(C) * O);
+// turned (3,3,O,C) = w (3,3,C,O) turned by 180 degrees, its channel axes swapped: the kernel
+// of the input gradient.
+inline void TurnKernel(const float* w, int C, int O, float* turned) {
   for (int a = 0; a < 3; ++a)
     for (int b = 0; b < 3; ++b)
       for (int c = 0; c < C; ++c)
         for (int o = 0; o < O; ++o)
           turned[((a * 3 + b) * O + o) * C + c] = w[(((2 - a) * 3 + (2 - b)) * C + c) * O + o];
+}
+
+// dx (N,H,W,C) = the input gradient of Forward for output cotangent dy (N,H,W,O): dy
+// correlated with w turned by 180 degrees, its channel axes swapped (3,3,O,C).
+inline void InputGrad(const float* dy, const float* w, float* dx, int N, int H, int W, int C,
+                      int O) {
+  std::vector<float> turned(9 * static_cast<size_t>(C) * O);
+  TurnKernel(w, C, O, turned.data());
   Forward(dy, turned.data(), dx, N, H, W, O, C);
 }
 

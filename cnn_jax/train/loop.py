@@ -333,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
                      num_classes=config.num_classes, mesh=mesh, state_sharding=state_sharding,
                      xla_options=steps_lib.compiler_options(config.cpu_convolutions),
                      use_onednn=use_onednn,
-                     winograd=steps_lib.uses_winograd(config.cpu_convolutions))
+                     winograd=steps_lib.winograd_tile(config.cpu_convolutions))
   train_step = steps_lib.make_train_step(
       model, tx, schedule, augment=bool(config.augment), label_smoothing=config.label_smoothing,
       layer_names=layer_names, **data_kwargs)

@@ -62,8 +62,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 # partitioned over a mesh), and with it the stride-1 3x3 layers (the CIFAR ResNets' stages)
 # as Winograd F(2x2, 3x3) (cnn_jax/ops/winograd_f2x3.h: ResNet-20 step 1.3x faster again,
 # docs/benchmarks.md, ninth session). "onednn_direct" is "onednn" without Winograd: oneDNN's
-# direct algorithm for every layer.
-CPU_CONVOLUTIONS = ("onednn", "onednn_direct", "eigen", "xla_default")
+# direct algorithm for every layer. "onednn_winograd4" takes F(4x4, 3x3) where the sizes are
+# multiples of 4 (cnn_jax/ops/winograd_f4x3.h: its products 1.5x faster again, its float32
+# rounding 10-20x larger, ~1e-5 of the largest entry), F(2x2, 3x3) elsewhere.
+CPU_CONVOLUTIONS = ("onednn", "onednn_direct", "onednn_winograd4", "eigen", "xla_default")
+_WINOGRAD_TILE = {"onednn": 2, "onednn_winograd4": 4}
 
 
 def check_cpu_convolutions(cpu_convolutions: str) -> None:
@@ -92,20 +95,21 @@ def compiler_options(cpu_convolutions: str = "eigen") -> dict[str, str | int]:
 
 def uses_onednn(cpu_convolutions: str, num_devices: int) -> bool:
   """Whether steps built with this choice run the hand ops' convolutions on oneDNN:
-  ``"onednn"`` or ``"onednn_direct"``, one device, and the library available
+  one of the ``"onednn*"`` choices, one device, and the library available
   (``cnn_jax.ops.onednn.available``)."""
   check_cpu_convolutions(cpu_convolutions)
-  return (cpu_convolutions in ("onednn", "onednn_direct") and num_devices == 1
+  return (cpu_convolutions.startswith("onednn") and num_devices == 1
           and onednn.available())
 
 
-def uses_winograd(cpu_convolutions: str) -> bool:
-  """Whether, where ``uses_onednn``, the stride-1 3x3 layers run as Winograd F(2x2, 3x3)."""
+def winograd_tile(cpu_convolutions: str) -> int:
+  """The largest Winograd output tile the stride-1 3x3 layers use where ``uses_onednn``:
+  2 (``"onednn"``), 4 (``"onednn_winograd4"``) or 0 (``cnn_jax.ops.onednn.use``)."""
   check_cpu_convolutions(cpu_convolutions)
-  return cpu_convolutions == "onednn"
+  return _WINOGRAD_TILE.get(cpu_convolutions, 0)
 
 
-def _with_onednn(fn: Callable, enabled: bool, winograd: bool) -> Callable:
+def _with_onednn(fn: Callable, enabled: bool, winograd: int) -> Callable:
   # The choice is read while jax.jit traces fn, so it is part of the compiled step.
   def traced(*args):
     with onednn.use(enabled, winograd=winograd):
@@ -182,7 +186,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
                     num_classes: int, label_smoothing: float = 0.0,
                     layer_names: Sequence[str] = (), mesh: Mesh, state_sharding,
                     xla_options: dict[str, str] | None = None, use_onednn: bool = False,
-                    winograd: bool = True,
+                    winograd: int = 2,
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Builds the jitted ``train_step(state, batch) -> (state, metrics)``.
 
@@ -203,8 +207,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     state_sharding: pytree of shardings matching the state (replicated).
     xla_options: XLA compiler options (``compiler_options``); ``None``: XLA's defaults.
     use_onednn: run the hand ops' convolutions on oneDNN where they can (``uses_onednn``).
-    winograd: with ``use_onednn``, the stride-1 3x3 layers as Winograd F(2x2, 3x3)
-      (``uses_winograd``).
+    winograd: with ``use_onednn``, the largest Winograd output tile for the stride-1 3x3
+      layers (``winograd_tile``; 0: none).
   Returns:
     The compiled step. Metrics are replicated float32 scalars (and a dict of them).
   """
@@ -253,7 +257,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
 def make_eval_step(model, *, prepare_batch: Callable, mean: np.ndarray, std: np.ndarray,
                    num_classes: int, mesh: Mesh, state_sharding,
                    xla_options: dict[str, str] | None = None, use_onednn: bool = False,
-                   winograd: bool = True) -> Callable[[TrainState, dict], dict]:
+                   winograd: int = 2) -> Callable[[TrainState, dict], dict]:
   """Builds the jitted ``eval_step(state, batch) -> metrics`` (sums, see module doc).
 
   The batch may carry ``"mask"`` (float32 ``(N,)``, 0 for padding rows). Returns
