@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace winograd {
@@ -65,21 +66,40 @@ __attribute__((target("avx2,fma"))) inline void Micro(const float* v, int vstrid
   }
 }
 
+// Calls f(std::integral_constant<int, R>()) with R = rows, 1 to 6: a micro-kernel's
+// compile-time row count for a run-time remainder.
+template <typename F>
+inline void WithRows(int rows, F f) {
+  switch (rows) {
+    case 6: f(std::integral_constant<int, 6>()); break;
+    case 5: f(std::integral_constant<int, 5>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 1: f(std::integral_constant<int, 1>()); break;
+    default: break;
+  }
+}
+
 // m (T x O) = v (T x C) u (C x O), O a multiple of 16.
 __attribute__((target("avx2,fma"))) inline void Gemm(const float* v, const float* u, float* m,
                                                      int T, int C, int O) {
-  for (int o = 0; o < O; o += 16) {
-    int t = 0;
-    for (; t + 6 <= T; t += 6) Micro<6>(v + t * C, C, u + o, O, C, m + t * O + o, O);
-    switch (T - t) {
-      case 5: Micro<5>(v + t * C, C, u + o, O, C, m + t * O + o, O); break;
-      case 4: Micro<4>(v + t * C, C, u + o, O, C, m + t * O + o, O); break;
-      case 3: Micro<3>(v + t * C, C, u + o, O, C, m + t * O + o, O); break;
-      case 2: Micro<2>(v + t * C, C, u + o, O, C, m + t * O + o, O); break;
-      case 1: Micro<1>(v + t * C, C, u + o, O, C, m + t * O + o, O); break;
-      default: break;
-    }
-  }
+  for (int o = 0; o < O; o += 16)
+    for (int t = 0; t < T; t += 6)
+      WithRows(std::min(6, T - t), [&](auto rows) {
+        Micro<decltype(rows)::value>(v + t * C, C, u + o, O, C, m + t * O + o, O);
+      });
+}
+
+// Tile number `tile` of a batch of (N, tiles_h, tiles_w) tiles, row-major: its image and row
+// and column among the image's tiles.
+struct TileIndex {
+  int64_t n;
+  int ti, tj;
+};
+inline TileIndex TileAt(int64_t tile, int tiles_h, int tiles_w) {
+  return {tile / (static_cast<int64_t>(tiles_h) * tiles_w),
+          static_cast<int>(tile / tiles_w % tiles_h), static_cast<int>(tile % tiles_w)};
 }
 
 // v[p][t][c] (stride vs between positions p) = (B^T d B)[p] for the 4x4 input window d of
@@ -89,9 +109,7 @@ __attribute__((target("avx2,fma"))) inline void InputTransform(const float* x, i
                                                                float* v, int64_t vs) {
   const int TH = H / 2, TW = W / 2;
   for (int t = 0; t < T; ++t) {
-    const int64_t tile = first + t;
-    const int64_t n = tile / (TH * TW);
-    const int ti = static_cast<int>(tile / TW % TH), tj = static_cast<int>(tile % TW);
+    const auto [n, ti, tj] = TileAt(first + t, TH, TW);
     const int r0 = 2 * ti - 1, c0 = 2 * tj - 1;
     const float* xn = x + n * H * W * C;
     const bool interior = r0 >= 0 && r0 + 3 < H && c0 >= 0 && c0 + 3 < W;
@@ -156,9 +174,7 @@ __attribute__((target("avx2,fma"))) inline void Correlate(const float* x, const 
       for (int p = 0; p < 16; ++p) Gemm(v + p * vs, u + static_cast<int64_t>(p) * C * O, m + p * ms, T, C, O);
       // Output transform: the tile's 2x2 outputs = A^T m A.
       for (int t = 0; t < T; ++t) {
-        const int64_t tile = first + t;
-        const int64_t n = tile / (TH * TW);
-        const int ti = static_cast<int>(tile / TW % TH), tj = static_cast<int>(tile % TW);
+        const auto [n, ti, tj] = TileAt(first + t, TH, TW);
         float* yo = y + ((n * H + 2 * ti) * W + 2 * tj) * O;
         for (int o = 0; o < O; o += 8) {
           const float* mt = m + t * O + o;
@@ -215,18 +231,11 @@ __attribute__((target("avx2,fma"))) inline void MicroT(const float* v, int vstri
 // du (C x O) += v^T q for v (T x C), q (T x O); O a multiple of 16.
 __attribute__((target("avx2,fma"))) inline void GemmT(const float* v, const float* q, float* du,
                                                       int T, int C, int O) {
-  for (int o = 0; o < O; o += 16) {
-    int c = 0;
-    for (; c + 6 <= C; c += 6) MicroT<6>(v + c, C, q + o, O, T, du + c * O + o, O);
-    switch (C - c) {
-      case 5: MicroT<5>(v + c, C, q + o, O, T, du + c * O + o, O); break;
-      case 4: MicroT<4>(v + c, C, q + o, O, T, du + c * O + o, O); break;
-      case 3: MicroT<3>(v + c, C, q + o, O, T, du + c * O + o, O); break;
-      case 2: MicroT<2>(v + c, C, q + o, O, T, du + c * O + o, O); break;
-      case 1: MicroT<1>(v + c, C, q + o, O, T, du + c * O + o, O); break;
-      default: break;
-    }
-  }
+  for (int o = 0; o < O; o += 16)
+    for (int c = 0; c < C; c += 6)
+      WithRows(std::min(6, C - c), [&](auto rows) {
+        MicroT<decltype(rows)::value>(v + c, C, q + o, O, T, du + c * O + o, O);
+      });
 }
 
 // dw (3,3,C,O) = the weight gradient of Correlate for input x (N,H,W,C) and output
@@ -257,9 +266,7 @@ __attribute__((target("avx2,fma"))) inline void WeightGrad(const float* x, const
       const int T = static_cast<int>(std::min<int64_t>(kTiles, tiles - first));
       InputTransform(x, first, T, H, W, C, v, vs);
       for (int t = 0; t < T; ++t) {  // q = A dY A^T
-        const int64_t tile = first + t;
-        const int64_t n = tile / (TH * TW);
-        const int ti = static_cast<int>(tile / TW % TH), tj = static_cast<int>(tile % TW);
+        const auto [n, ti, tj] = TileAt(first + t, TH, TW);
         const float* g = dy + ((n * H + 2 * ti) * W + 2 * tj) * O;
         for (int o = 0; o < O; o += 8) {
           __m256 d00 = _mm256_loadu_ps(g + o), d01 = _mm256_loadu_ps(g + O + o);

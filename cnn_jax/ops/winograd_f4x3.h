@@ -81,9 +81,7 @@ __attribute__((target("avx2,fma"))) inline void InputTransform4(const float* x, 
                                                                 float* v, int64_t vs) {
   const int TH = H / 4, TW = W / 4;
   for (int t = 0; t < T; ++t) {
-    const int64_t tile = first + t;
-    const int64_t n = tile / (TH * TW);
-    const int ti = static_cast<int>(tile / TW % TH), tj = static_cast<int>(tile % TW);
+    const auto [n, ti, tj] = TileAt(first + t, TH, TW);
     const int r0 = 4 * ti - 1, c0 = 4 * tj - 1;
     const float* xn = x + n * H * W * C;
     const bool interior = r0 >= 0 && r0 + 5 < H && c0 >= 0 && c0 + 5 < W;
@@ -134,9 +132,7 @@ __attribute__((target("avx2,fma"))) inline void Correlate4(const float* x, const
       InputTransform4(x, first, T, H, W, C, v, vs);
       for (int p = 0; p < 36; ++p) Gemm(v + p * vs, u + static_cast<int64_t>(p) * C * O, m + p * ms, T, C, O);
       for (int t = 0; t < T; ++t) {
-        const int64_t tile = first + t;
-        const int64_t n = tile / (TH * TW);
-        const int ti = static_cast<int>(tile / TW % TH), tj = static_cast<int>(tile % TW);
+        const auto [n, ti, tj] = TileAt(first + t, TH, TW);
         float* yo = y + ((n * H + 4 * ti) * W + 4 * tj) * O;
         for (int o = 0; o < O; o += 8) {
           const float* mt = m + t * O + o;
@@ -197,9 +193,7 @@ __attribute__((target("avx2,fma"))) inline void WeightGrad4(const float* x, cons
       const int T = static_cast<int>(std::min<int64_t>(kTiles4, tiles - first));
       InputTransform4(x, first, T, H, W, C, v, vs);
       for (int t = 0; t < T; ++t) {
-        const int64_t tile = first + t;
-        const int64_t n = tile / (TH * TW);
-        const int ti = static_cast<int>(tile / TW % TH), tj = static_cast<int>(tile % TW);
+        const auto [n, ti, tj] = TileAt(first + t, TH, TW);
         const float* g = dy + ((n * H + 4 * ti) * W + 4 * tj) * O;
         for (int o = 0; o < O; o += 8) {
           __m256 z[6][4];  // z = A dY (rows)
