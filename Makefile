@@ -4,9 +4,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# oneDNN's convolutions as an XLA FFI library (cnn_jax/ops/onednn.py); if it cannot be built
-# (no C++ compiler), one line says so and XLA's convolutions run instead.
+# oneDNN's convolutions (and the Winograd kernels for 3x3 layers) as an XLA FFI library
+# (cnn_jax/ops/onednn.py); if it cannot be built (no C++ compiler), one line says so and XLA's
+# convolutions run instead.
 ONEDNN_LIB := cnn_jax/ops/_onednn_conv.so
+ONEDNN_SOURCES := cnn_jax/ops/onednn_conv.cc cnn_jax/ops/winograd_f2x3.h cnn_jax/ops/winograd_f4x3.h
 
 .PHONY: demo test test-full venv bench clean
 
@@ -18,7 +20,7 @@ $(STAMP): requirements.txt
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $@
 
-$(ONEDNN_LIB): cnn_jax/ops/onednn_conv.cc $(STAMP)
+$(ONEDNN_LIB): $(ONEDNN_SOURCES) $(STAMP)
 	@$(PY) -m cnn_jax.ops.onednn build
 
 # The main job: the depth study on offline data (prints its results table).
