@@ -133,11 +133,14 @@ void Layer(int N, int C, int H) {
       for (int k = 0; k < 3; ++k) ms[k][j] = err[k][j] = NAN;
       continue;
     }
-    ms[0][j] = BestMs([&] { (tile == 4 ? winograd::Forward4 : winograd::Forward)(
+    using winograd::F2x3, winograd::F4x3;
+    ms[0][j] = BestMs([&] { (tile == 4 ? winograd::ForwardBy<F4x3> : winograd::ForwardBy<F2x3>)(
                                 x.data(), w.data(), y.data(), N, H, W, C, O); });
-    ms[1][j] = BestMs([&] { (tile == 4 ? winograd::InputGrad4 : winograd::InputGrad)(
+    ms[1][j] = BestMs([&] { (tile == 4 ? winograd::InputGradBy<F4x3>
+                                         : winograd::InputGradBy<F2x3>)(
                                 dy.data(), w.data(), dx.data(), N, H, W, C, O); });
-    ms[2][j] = BestMs([&] { (tile == 4 ? winograd::WeightGrad4 : winograd::WeightGrad)(
+    ms[2][j] = BestMs([&] { (tile == 4 ? winograd::WeightGradient<F4x3>
+                                         : winograd::WeightGradient<F2x3>)(
                                 x.data(), dy.data(), dw.data(), N, H, W, C, O); });
     for (int k = 0; k < 3; ++k) err[k][j] = RelErr(*out[k], *exact[k]);
   }

@@ -145,7 +145,7 @@ ffi::Error ForwardUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   auto xd = x.dimensions(), wd = w.dimensions();
   if (int tile = WinogradTile(winograd, wd[0], wd[1], xd[1], xd[2], wd[2], wd[3], stride,
                               dilation, pad_lo, pad_hi)) {
-    (tile == 4 ? winograd::Forward4 : winograd::Forward)(
+    (tile == 4 ? winograd::ForwardBy<winograd::F4x3> : winograd::ForwardBy<winograd::F2x3>)(
         x.typed_data(), w.typed_data(), y->typed_data(), xd[0], xd[1], xd[2], wd[2], wd[3]);
     ++winograd_calls[tile];
     return ffi::Error::Success();
@@ -177,7 +177,7 @@ ffi::Error BackwardDataUnchecked(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32>
   // The input gradient is itself a correlation, from O channels to C.
   if (int tile = WinogradTile(winograd, wd[0], wd[1], xd[1], xd[2], wd[3], wd[2], stride,
                               dilation, pad_lo, pad_hi)) {
-    (tile == 4 ? winograd::InputGrad4 : winograd::InputGrad)(
+    (tile == 4 ? winograd::InputGradBy<winograd::F4x3> : winograd::InputGradBy<winograd::F2x3>)(
         dy.typed_data(), w.typed_data(), dx->typed_data(), xd[0], xd[1], xd[2], wd[2], wd[3]);
     ++winograd_calls[tile];
     return ffi::Error::Success();
@@ -211,7 +211,8 @@ ffi::Error BackwardWeightsUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F3
   auto xd = x.dimensions(), wd = dw->dimensions();
   if (int tile = WinogradTile(winograd, wd[0], wd[1], xd[1], xd[2], wd[2], wd[3], stride,
                               dilation, pad_lo, pad_hi)) {
-    (tile == 4 ? winograd::WeightGrad4 : winograd::WeightGrad)(
+    (tile == 4 ? winograd::WeightGradient<winograd::F4x3>
+               : winograd::WeightGradient<winograd::F2x3>)(
         x.typed_data(), dy.typed_data(), dw->typed_data(), xd[0], xd[1], xd[2], wd[2], wd[3]);
     ++winograd_calls[tile];
     return ffi::Error::Success();

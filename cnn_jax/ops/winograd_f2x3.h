@@ -12,7 +12,10 @@
 // CVPR 2016.
 //
 // Called by onednn_conv.cc's handlers where `Applies` holds (docs/benchmarks.md, ninth
-// session, measures it against oneDNN's direct convolutions).
+// session, measures it against oneDNN's direct convolutions). The products, the block loops
+// and the kernel transforms here are generic over the tile (`Correlate<F>`,
+// `WeightGradient<F>`, `TransformKernel<F>` for a tile type F: its size, transforms and block
+// length); winograd_f4x3.h adds F(4x4, 3x3) as a second tile type.
 #pragma once
 #include <immintrin.h>
 #include <omp.h>
@@ -24,23 +27,6 @@
 #include <vector>
 
 namespace winograd {
-
-// U[p][c][o], p = 4 i + j: (G w G^T)[i][j] for the 3x3 kernel w[kh][kw][c][o] (HWIO).
-inline void TransformKernel(const float* w, int C, int O, float* u) {
-  const float g[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
-#pragma omp parallel for schedule(static)
-  for (int c = 0; c < C; ++c)
-    for (int o = 0; o < O; ++o) {
-      float k[3][3], t[4][3];
-      for (int a = 0; a < 3; ++a)
-        for (int b = 0; b < 3; ++b) k[a][b] = w[((a * 3 + b) * C + c) * O + o];
-      for (int i = 0; i < 4; ++i)
-        for (int b = 0; b < 3; ++b) t[i][b] = g[i][0] * k[0][b] + g[i][1] * k[1][b] + g[i][2] * k[2][b];
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j)
-          u[((i * 4 + j) * C + c) * O + o] = t[i][0] * g[j][0] + t[i][1] * g[j][1] + t[i][2] * g[j][2];
-    }
-}
 
 // acc[R][2] (16 outputs) over K for R tiles: m[t][o0..o0+16] = sum_c v[t][c] u[c][o0..].
 template <int R>
@@ -91,6 +77,43 @@ __attribute__((target("avx2,fma"))) inline void Gemm(const float* v, const float
       });
 }
 
+// acc (R x 16) += sum_t v[t][c0..c0+R] (x) q[t][o0..o0+16], kept in du (stride O).
+template <int R>
+__attribute__((target("avx2,fma"))) inline void MicroT(const float* v, int vstride,
+                                                       const float* q, int qstride, int T,
+                                                       float* du, int dstride) {
+  __m256 acc[R][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    acc[i][0] = _mm256_loadu_ps(du + i * dstride);
+    acc[i][1] = _mm256_loadu_ps(du + i * dstride + 8);
+  }
+  for (int t = 0; t < T; ++t) {
+    __m256 q0 = _mm256_loadu_ps(q + t * qstride), q1 = _mm256_loadu_ps(q + t * qstride + 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      __m256 b = _mm256_broadcast_ss(v + t * vstride + i);
+      acc[i][0] = _mm256_fmadd_ps(b, q0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(b, q1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    _mm256_storeu_ps(du + i * dstride, acc[i][0]);
+    _mm256_storeu_ps(du + i * dstride + 8, acc[i][1]);
+  }
+}
+
+// du (C x O) += v^T q for v (T x C), q (T x O); O a multiple of 16.
+__attribute__((target("avx2,fma"))) inline void GemmT(const float* v, const float* q, float* du,
+                                                      int T, int C, int O) {
+  for (int o = 0; o < O; o += 16)
+    for (int c = 0; c < C; c += 6)
+      WithRows(std::min(6, C - c), [&](auto rows) {
+        MicroT<decltype(rows)::value>(v + c, C, q + o, O, T, du + c * O + o, O);
+      });
+}
+
 // Tile number `tile` of a batch of (N, tiles_h, tiles_w) tiles, row-major: its image and row
 // and column among the image's tiles.
 struct TileIndex {
@@ -102,9 +125,139 @@ inline TileIndex TileAt(int64_t tile, int tiles_h, int tiles_w) {
           static_cast<int>(tile / tiles_w % tiles_h), static_cast<int>(tile % tiles_w)};
 }
 
+// U[p][c][o], p = alpha i + j: (G w G^T)[i][j] for the 3x3 kernel w[kh][kw][c][o] (HWIO),
+// with F's alpha x 3 kernel transform G (computed in float64, stored in float32).
+template <class F>
+void TransformKernel(const float* w, int C, int O, float* u) {
+  constexpr int kAlpha = F::kTile + 2;
+#pragma omp parallel for schedule(static)
+  for (int c = 0; c < C; ++c)
+    for (int o = 0; o < O; ++o) {
+      double k[3][3], t[kAlpha][3];
+      for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b) k[a][b] = w[((a * 3 + b) * C + c) * O + o];
+      for (int i = 0; i < kAlpha; ++i)
+        for (int b = 0; b < 3; ++b)
+          t[i][b] = F::kG[i][0] * k[0][b] + F::kG[i][1] * k[1][b] + F::kG[i][2] * k[2][b];
+      for (int i = 0; i < kAlpha; ++i)
+        for (int j = 0; j < kAlpha; ++j)
+          u[((i * kAlpha + j) * C + c) * O + o] = static_cast<float>(
+              t[i][0] * F::kG[j][0] + t[i][1] * F::kG[j][1] + t[i][2] * F::kG[j][2]);
+    }
+}
+
+// y (N,H,W,O) = correlation of x (N,H,W,C) with the kernel whose transform is u, padding 1,
+// by F's tiles: in blocks of F::kBlock consecutive output tiles (row-major over images, tile
+// rows, tile columns), input transform -> one product per position -> output transform.
+// H, W multiples of F::kTile; C a multiple of 8; O a multiple of 16.
+template <class F>
+__attribute__((target("avx2,fma"))) void Correlate(const float* x, const float* u, float* y,
+                                                   int N, int H, int W, int C, int O) {
+  constexpr int kPositions = (F::kTile + 2) * (F::kTile + 2);
+  const int64_t tiles = static_cast<int64_t>(N) * (H / F::kTile) * (W / F::kTile);
+  const int64_t blocks = (tiles + F::kBlock - 1) / F::kBlock;
+  const int64_t vs = static_cast<int64_t>(F::kBlock) * C, ms = static_cast<int64_t>(F::kBlock) * O;
+#pragma omp parallel
+  {
+    float* v = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * kPositions * vs));
+    float* m = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * kPositions * ms));
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t first = block * F::kBlock;
+      const int T = static_cast<int>(std::min<int64_t>(F::kBlock, tiles - first));
+      F::InputTransform(x, first, T, H, W, C, v, vs);
+      for (int p = 0; p < kPositions; ++p)
+        Gemm(v + p * vs, u + static_cast<int64_t>(p) * C * O, m + p * ms, T, C, O);
+      F::OutputTransform(m, ms, first, T, H, W, O, y);
+    }
+    std::free(v);
+    std::free(m);
+  }
+}
+
+// dw (3,3,C,O) = the weight gradient of Correlate<F> for input x (N,H,W,C) and output
+// cotangent dy (N,H,W,O): dU[p] = sum over tiles of V[p]^T Q[p] with Q = F's cotangent
+// transform of dy's tile, then dw = G^T dU G.
+template <class F>
+__attribute__((target("avx2,fma"))) void WeightGradient(const float* x, const float* dy,
+                                                        float* dw, int N, int H, int W, int C,
+                                                        int O) {
+  constexpr int kAlpha = F::kTile + 2, kPositions = kAlpha * kAlpha;
+  const int64_t tiles = static_cast<int64_t>(N) * (H / F::kTile) * (W / F::kTile);
+  const int64_t blocks = (tiles + F::kBlock - 1) / F::kBlock;
+  const int64_t vs = static_cast<int64_t>(F::kBlock) * C, qs = static_cast<int64_t>(F::kBlock) * O;
+  const int64_t us = static_cast<int64_t>(C) * O;
+  // Each thread sums its blocks' products into its own dU; the partial sums are added in
+  // thread order afterwards, so the result does not depend on which thread finishes first.
+  const int max_threads = omp_get_max_threads();
+  std::vector<float> partial(static_cast<size_t>(max_threads) * kPositions * us, 0.f);
+  int threads = 1;
+#pragma omp parallel num_threads(max_threads)
+  {
+#pragma omp single
+    threads = omp_get_num_threads();
+    float* v = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * kPositions * vs));
+    float* q = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * kPositions * qs));
+    float* du = partial.data() + static_cast<size_t>(omp_get_thread_num()) * kPositions * us;
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t first = block * F::kBlock;
+      const int T = static_cast<int>(std::min<int64_t>(F::kBlock, tiles - first));
+      F::InputTransform(x, first, T, H, W, C, v, vs);
+      F::CotangentTransform(dy, first, T, H, W, O, q, qs);
+      for (int p = 0; p < kPositions; ++p) GemmT(v + p * vs, q + p * qs, du + p * us, T, C, O);
+    }
+    std::free(v);
+    std::free(q);
+  }
+  float* total = partial.data();
+  for (int thread = 1; thread < threads; ++thread)
+    for (int64_t i = 0; i < kPositions * us; ++i) total[i] += partial[thread * kPositions * us + i];
+  for (int a = 0; a < 3; ++a)
+    for (int b = 0; b < 3; ++b) {
+      float* out = dw + (a * 3 + b) * us;
+      for (int64_t k = 0; k < us; ++k) out[k] = 0.f;
+      for (int i = 0; i < kAlpha; ++i)
+        for (int j = 0; j < kAlpha; ++j) {
+          const float f = static_cast<float>(F::kG[i][a] * F::kG[j][b]);
+          if (f == 0.f) continue;
+          const float* in = total + (i * kAlpha + j) * us;
+          for (int64_t k = 0; k < us; ++k) out[k] += f * in[k];
+        }
+    }
+}
+
+// turned (3,3,O,C) = w (3,3,C,O) turned by 180 degrees, its channel axes swapped: the kernel
+// of the input gradient.
+inline void TurnKernel(const float* w, int C, int O, float* turned) {
+  for (int a = 0; a < 3; ++a)
+    for (int b = 0; b < 3; ++b)
+      for (int c = 0; c < C; ++c)
+        for (int o = 0; o < O; ++o)
+          turned[((a * 3 + b) * O + o) * C + c] = w[(((2 - a) * 3 + (2 - b)) * C + c) * O + o];
+}
+
+// y = correlation of x (N,H,W,C) with w (3,3,C,O), padding 1, by F's tiles.
+template <class F>
+void ForwardBy(const float* x, const float* w, float* y, int N, int H, int W, int C, int O) {
+  constexpr int kPositions = (F::kTile + 2) * (F::kTile + 2);
+  std::vector<float> u(kPositions * static_cast<size_t>(C) * O);
+  TransformKernel<F>(w, C, O, u.data());
+  Correlate<F>(x, u.data(), y, N, H, W, C, O);
+}
+
+// dx (N,H,W,C) = the input gradient of ForwardBy<F> for output cotangent dy (N,H,W,O): dy
+// correlated with the turned kernel.
+template <class F>
+void InputGradBy(const float* dy, const float* w, float* dx, int N, int H, int W, int C, int O) {
+  std::vector<float> turned(9 * static_cast<size_t>(C) * O);
+  TurnKernel(w, C, O, turned.data());
+  ForwardBy<F>(dy, turned.data(), dx, N, H, W, O, C);
+}
+
 // v[p][t][c] (stride vs between positions p) = (B^T d B)[p] for the 4x4 input window d of
 // each of the T tiles from tile number `first` (padding 1: rows/columns outside are zeros).
-__attribute__((target("avx2,fma"))) inline void InputTransform(const float* x, int64_t first,
+__attribute__((target("avx2,fma"))) inline void InputTransform2(const float* x, int64_t first,
                                                                int T, int H, int W, int C,
                                                                float* v, int64_t vs) {
   const int TH = H / 2, TW = W / 2;
@@ -150,166 +303,72 @@ __attribute__((target("avx2,fma"))) inline void InputTransform(const float* x, i
   }
 }
 
-// y (N,H,W,O) = correlation of x (N,H,W,C) with the kernel whose transform is u, padding 1.
-// H, W even; C a multiple of 8; O a multiple of 16. Work is split into blocks of kTiles
-// consecutive 2x2 output tiles (row-major over images, tile rows, tile columns).
-constexpr int kTiles = 36;
+// F(2x2, 3x3): 2x2 output tiles from 4x4 windows (points 0, 1, -1).
+struct F2x3 {
+  static constexpr int kTile = 2;
+  static constexpr int kBlock = 36;  // tiles per block
+  static constexpr double kG[4][3] = {{1, 0, 0}, {.5, .5, .5}, {.5, -.5, .5}, {0, 0, 1}};
 
-__attribute__((target("avx2,fma"))) inline void Correlate(const float* x, const float* u,
-                                                          float* y, int N, int H, int W, int C,
-                                                          int O) {
-  const int TH = H / 2, TW = W / 2;
-  const int64_t tiles = static_cast<int64_t>(N) * TH * TW;
-  const int64_t blocks = (tiles + kTiles - 1) / kTiles;
-  const int64_t vs = static_cast<int64_t>(kTiles) * C, ms = static_cast<int64_t>(kTiles) * O;
-#pragma omp parallel
-  {
-    float* v = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 16 * vs));
-    float* m = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 16 * ms));
-#pragma omp for schedule(static)
-    for (int64_t block = 0; block < blocks; ++block) {
-      const int64_t first = block * kTiles;
-      const int T = static_cast<int>(std::min<int64_t>(kTiles, tiles - first));
-      InputTransform(x, first, T, H, W, C, v, vs);
-      for (int p = 0; p < 16; ++p) Gemm(v + p * vs, u + static_cast<int64_t>(p) * C * O, m + p * ms, T, C, O);
-      // Output transform: the tile's 2x2 outputs = A^T m A.
-      for (int t = 0; t < T; ++t) {
-        const auto [n, ti, tj] = TileAt(first + t, TH, TW);
-        float* yo = y + ((n * H + 2 * ti) * W + 2 * tj) * O;
-        for (int o = 0; o < O; o += 8) {
-          const float* mt = m + t * O + o;
-          __m256 s[2][4];
+  __attribute__((target("avx2,fma"))) static void InputTransform(
+      const float* x, int64_t first, int T, int H, int W, int C, float* v, int64_t vs) {
+    InputTransform2(x, first, T, H, W, C, v, vs);
+  }
+
+  // y's 2x2 output tile = A^T m A for each of the T tiles (m: position stride ms).
+  __attribute__((target("avx2,fma"))) static void OutputTransform(
+      const float* m, int64_t ms, int64_t first, int T, int H, int W, int O, float* y) {
+    const int TH = H / 2, TW = W / 2;
+    for (int t = 0; t < T; ++t) {
+      const auto [n, ti, tj] = TileAt(first + t, TH, TW);
+      float* yo = y + ((n * H + 2 * ti) * W + 2 * tj) * O;
+      for (int o = 0; o < O; o += 8) {
+        const float* mt = m + t * O + o;
+        __m256 s[2][4];
 #pragma GCC unroll 4
-          for (int j = 0; j < 4; ++j) {
-            __m256 m0 = _mm256_load_ps(mt + j * ms), m1 = _mm256_load_ps(mt + (4 + j) * ms);
-            __m256 m2 = _mm256_load_ps(mt + (8 + j) * ms), m3 = _mm256_load_ps(mt + (12 + j) * ms);
-            s[0][j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
-            s[1][j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
-          }
-#pragma GCC unroll 2
-          for (int r = 0; r < 2; ++r) {
-            float* row = yo + static_cast<int64_t>(r) * W * O + o;
-            _mm256_storeu_ps(row, _mm256_add_ps(_mm256_add_ps(s[r][0], s[r][1]), s[r][2]));
-            _mm256_storeu_ps(row + O, _mm256_sub_ps(_mm256_sub_ps(s[r][1], s[r][2]), s[r][3]));
-          }
-        }
-      }
-    }
-    std::free(v);
-    std::free(m);
-  }
-}
-
-
-// acc (R x 16) += sum_t v[t][c0..c0+R] (x) q[t][o0..o0+16], kept in du (stride O).
-template <int R>
-__attribute__((target("avx2,fma"))) inline void MicroT(const float* v, int vstride,
-                                                       const float* q, int qstride, int T,
-                                                       float* du, int dstride) {
-  __m256 acc[R][2];
-#pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) {
-    acc[i][0] = _mm256_loadu_ps(du + i * dstride);
-    acc[i][1] = _mm256_loadu_ps(du + i * dstride + 8);
-  }
-  for (int t = 0; t < T; ++t) {
-    __m256 q0 = _mm256_loadu_ps(q + t * qstride), q1 = _mm256_loadu_ps(q + t * qstride + 8);
-#pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) {
-      __m256 b = _mm256_broadcast_ss(v + t * vstride + i);
-      acc[i][0] = _mm256_fmadd_ps(b, q0, acc[i][0]);
-      acc[i][1] = _mm256_fmadd_ps(b, q1, acc[i][1]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) {
-    _mm256_storeu_ps(du + i * dstride, acc[i][0]);
-    _mm256_storeu_ps(du + i * dstride + 8, acc[i][1]);
-  }
-}
-
-// du (C x O) += v^T q for v (T x C), q (T x O); O a multiple of 16.
-__attribute__((target("avx2,fma"))) inline void GemmT(const float* v, const float* q, float* du,
-                                                      int T, int C, int O) {
-  for (int o = 0; o < O; o += 16)
-    for (int c = 0; c < C; c += 6)
-      WithRows(std::min(6, C - c), [&](auto rows) {
-        MicroT<decltype(rows)::value>(v + c, C, q + o, O, T, du + c * O + o, O);
-      });
-}
-
-// dw (3,3,C,O) = the weight gradient of Correlate for input x (N,H,W,C) and output
-// cotangent dy (N,H,W,O). Same conditions as Correlate.
-__attribute__((target("avx2,fma"))) inline void WeightGrad(const float* x, const float* dy,
-                                                           float* dw, int N, int H, int W,
-                                                           int C, int O) {
-  const int TH = H / 2, TW = W / 2;
-  const int64_t tiles = static_cast<int64_t>(N) * TH * TW;
-  const int64_t blocks = (tiles + kTiles - 1) / kTiles;
-  const int64_t vs = static_cast<int64_t>(kTiles) * C, qs = static_cast<int64_t>(kTiles) * O;
-  const int64_t us = static_cast<int64_t>(C) * O;
-  // Each thread sums its blocks' products into its own dU; the partial sums are added in
-  // thread order afterwards, so the result does not depend on which thread finishes first.
-  const int max_threads = omp_get_max_threads();
-  std::vector<float> partial(static_cast<size_t>(max_threads) * 16 * us, 0.f);
-  int threads = 1;
-#pragma omp parallel num_threads(max_threads)
-  {
-#pragma omp single
-    threads = omp_get_num_threads();
-    float* v = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 16 * vs));
-    float* q = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 16 * qs));
-    float* du = partial.data() + static_cast<size_t>(omp_get_thread_num()) * 16 * us;
-#pragma omp for schedule(static)
-    for (int64_t block = 0; block < blocks; ++block) {
-      const int64_t first = block * kTiles;
-      const int T = static_cast<int>(std::min<int64_t>(kTiles, tiles - first));
-      InputTransform(x, first, T, H, W, C, v, vs);
-      for (int t = 0; t < T; ++t) {  // q = A dY A^T
-        const auto [n, ti, tj] = TileAt(first + t, TH, TW);
-        const float* g = dy + ((n * H + 2 * ti) * W + 2 * tj) * O;
-        for (int o = 0; o < O; o += 8) {
-          __m256 d00 = _mm256_loadu_ps(g + o), d01 = _mm256_loadu_ps(g + O + o);
-          __m256 d10 = _mm256_loadu_ps(g + static_cast<int64_t>(W) * O + o);
-          __m256 d11 = _mm256_loadu_ps(g + static_cast<int64_t>(W) * O + O + o);
-          __m256 z[4][2] = {{d00, d01},
-                            {_mm256_add_ps(d00, d10), _mm256_add_ps(d01, d11)},
-                            {_mm256_sub_ps(d00, d10), _mm256_sub_ps(d01, d11)},
-                            {_mm256_sub_ps(_mm256_setzero_ps(), d10),
-                             _mm256_sub_ps(_mm256_setzero_ps(), d11)}};
-#pragma GCC unroll 4
-          for (int i = 0; i < 4; ++i) {
-            float* base = q + i * 4 * qs + t * O + o;
-            _mm256_store_ps(base, z[i][0]);
-            _mm256_store_ps(base + qs, _mm256_add_ps(z[i][0], z[i][1]));
-            _mm256_store_ps(base + 2 * qs, _mm256_sub_ps(z[i][0], z[i][1]));
-            _mm256_store_ps(base + 3 * qs, _mm256_sub_ps(_mm256_setzero_ps(), z[i][1]));
-          }
-        }
-      }
-      for (int p = 0; p < 16; ++p) GemmT(v + p * vs, q + p * qs, du + p * us, T, C, O);
-    }
-    std::free(v);
-    std::free(q);
-  }
-  float* total = partial.data();
-  for (int thread = 1; thread < threads; ++thread)
-    for (int64_t i = 0; i < 16 * us; ++i) total[i] += partial[thread * 16 * us + i];
-  // dw = G^T du G per (c, o).
-  const float g[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
-  for (int a = 0; a < 3; ++a)
-    for (int b = 0; b < 3; ++b) {
-      float* out = dw + (a * 3 + b) * us;
-      for (int64_t k = 0; k < us; ++k) out[k] = 0.f;
-      for (int i = 0; i < 4; ++i)
         for (int j = 0; j < 4; ++j) {
-          const float f = g[i][a] * g[j][b];
-          if (f == 0.f) continue;
-          const float* in = total + (i * 4 + j) * us;
-          for (int64_t k = 0; k < us; ++k) out[k] += f * in[k];
+          __m256 m0 = _mm256_load_ps(mt + j * ms), m1 = _mm256_load_ps(mt + (4 + j) * ms);
+          __m256 m2 = _mm256_load_ps(mt + (8 + j) * ms), m3 = _mm256_load_ps(mt + (12 + j) * ms);
+          s[0][j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+          s[1][j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
         }
+#pragma GCC unroll 2
+        for (int r = 0; r < 2; ++r) {
+          float* row = yo + static_cast<int64_t>(r) * W * O + o;
+          _mm256_storeu_ps(row, _mm256_add_ps(_mm256_add_ps(s[r][0], s[r][1]), s[r][2]));
+          _mm256_storeu_ps(row + O, _mm256_sub_ps(_mm256_sub_ps(s[r][1], s[r][2]), s[r][3]));
+        }
+      }
     }
-}
+  }
+
+  // q[p][t][o] (position stride qs) = (A dY A^T)[p] for each of the T tiles' 2x2 cotangent dY.
+  __attribute__((target("avx2,fma"))) static void CotangentTransform(
+      const float* dy, int64_t first, int T, int H, int W, int O, float* q, int64_t qs) {
+    const int TH = H / 2, TW = W / 2;
+    for (int t = 0; t < T; ++t) {
+      const auto [n, ti, tj] = TileAt(first + t, TH, TW);
+      const float* g = dy + ((n * H + 2 * ti) * W + 2 * tj) * O;
+      for (int o = 0; o < O; o += 8) {
+        __m256 d00 = _mm256_loadu_ps(g + o), d01 = _mm256_loadu_ps(g + O + o);
+        __m256 d10 = _mm256_loadu_ps(g + static_cast<int64_t>(W) * O + o);
+        __m256 d11 = _mm256_loadu_ps(g + static_cast<int64_t>(W) * O + O + o);
+        __m256 z[4][2] = {{d00, d01},
+                          {_mm256_add_ps(d00, d10), _mm256_add_ps(d01, d11)},
+                          {_mm256_sub_ps(d00, d10), _mm256_sub_ps(d01, d11)},
+                          {_mm256_sub_ps(_mm256_setzero_ps(), d10),
+                           _mm256_sub_ps(_mm256_setzero_ps(), d11)}};
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          float* base = q + i * 4 * qs + t * O + o;
+          _mm256_store_ps(base, z[i][0]);
+          _mm256_store_ps(base + qs, _mm256_add_ps(z[i][0], z[i][1]));
+          _mm256_store_ps(base + 2 * qs, _mm256_sub_ps(z[i][0], z[i][1]));
+          _mm256_store_ps(base + 3 * qs, _mm256_sub_ps(_mm256_setzero_ps(), z[i][1]));
+        }
+      }
+    }
+  }
+};
 
 // Whether the kernels take this correlation: 3x3, stride 1, no dilation, padding 1 on every
 // side, even H and W, C a multiple of 8 and O of 16, and a CPU with AVX2 and FMA.
@@ -320,32 +379,6 @@ inline bool Applies(int64_t kh, int64_t kw, int64_t h, int64_t w, int64_t c, int
   return cpu && kh == 3 && kw == 3 && h % 2 == 0 && w % 2 == 0 && c % 8 == 0 && o % 16 == 0 &&
          stride[0] == 1 && stride[1] == 1 && dilation[0] == 1 && dilation[1] == 1 &&
          pad_lo[0] == 1 && pad_lo[1] == 1 && pad_hi[0] == 1 && pad_hi[1] == 1;
-}
-
-// y = correlation of x (N,H,W,C) with w (3,3,C,O), padding 1.
-inline void Forward(const float* x, const float* w, float* y, int N, int H, int W, int C, int O) {
-  std::vector<float> u(16 * static_cast<size_t>(C) * O);
-  TransformKernel(w, C, O, u.data());
-  Correlate(x, u.data(), y, N, H, W, C, O);
-}
-
-// turned (3,3,O,C) = w (3,3,C,O) turned by 180 degrees, its channel axes swapped: the kernel
-// of the input gradient.
-inline void TurnKernel(const float* w, int C, int O, float* turned) {
-  for (int a = 0; a < 3; ++a)
-    for (int b = 0; b < 3; ++b)
-      for (int c = 0; c < C; ++c)
-        for (int o = 0; o < O; ++o)
-          turned[((a * 3 + b) * O + o) * C + c] = w[(((2 - a) * 3 + (2 - b)) * C + c) * O + o];
-}
-
-// dx (N,H,W,C) = the input gradient of Forward for output cotangent dy (N,H,W,O): dy
-// correlated with w turned by 180 degrees, its channel axes swapped (3,3,O,C).
-inline void InputGrad(const float* dy, const float* w, float* dx, int N, int H, int W, int C,
-                      int O) {
-  std::vector<float> turned(9 * static_cast<size_t>(C) * O);
-  TurnKernel(w, C, O, turned.data());
-  Forward(dy, turned.data(), dx, N, H, W, O, C);
 }
 
 }  // namespace winograd

@@ -1,6 +1,6 @@
-// Winograd F(4x4, 3x3): the larger-tile sibling of winograd_f2x3.h (same layouts, same
-// register-blocked products, which it reuses), for the same stride-1, padding-1 3x3 layers
-// when H and W are multiples of 4.
+// Winograd F(4x4, 3x3): the larger-tile sibling of winograd_f2x3.h (same layouts; its block
+// loops, products and kernel transform are winograd_f2x3.h's, instantiated for the tile type
+// F4x3 below), for the same stride-1, padding-1 3x3 layers when H and W are multiples of 4.
 //
 // Each 4x4 output tile comes from its 6x6 input window, with the transforms of Lavin & Gray
 // (2016) for the points 0, 1, -1, 2, -2: 36 multiply-adds per channel pair for 16 outputs
@@ -14,27 +14,6 @@
 #include "winograd_f2x3.h"
 
 namespace winograd {
-
-constexpr int kTiles4 = 18;  // tiles per block: V and M of 64 channels stay in L2 (166 KB each)
-
-// U[p][c][o], p = 6 i + j: (G w G^T)[i][j], G the 6x3 F(4,3) kernel transform.
-inline void TransformKernel4(const float* w, int C, int O, float* u) {
-  const double g[6][3] = {{1 / 4., 0, 0}, {-1 / 6., -1 / 6., -1 / 6.}, {-1 / 6., 1 / 6., -1 / 6.},
-                          {1 / 24., 1 / 12., 1 / 6.}, {1 / 24., -1 / 12., 1 / 6.}, {0, 0, 1}};
-#pragma omp parallel for schedule(static)
-  for (int c = 0; c < C; ++c)
-    for (int o = 0; o < O; ++o) {
-      double k[3][3], t[6][3];
-      for (int a = 0; a < 3; ++a)
-        for (int b = 0; b < 3; ++b) k[a][b] = w[((a * 3 + b) * C + c) * O + o];
-      for (int i = 0; i < 6; ++i)
-        for (int b = 0; b < 3; ++b) t[i][b] = g[i][0] * k[0][b] + g[i][1] * k[1][b] + g[i][2] * k[2][b];
-      for (int i = 0; i < 6; ++i)
-        for (int j = 0; j < 6; ++j)
-          u[((i * 6 + j) * C + c) * O + o] =
-              static_cast<float>(t[i][0] * g[j][0] + t[i][1] * g[j][1] + t[i][2] * g[j][2]);
-    }
-}
 
 // r = B^T d for 6 vectors.
 __attribute__((target("avx2,fma"))) inline void BT6(const __m256* d, __m256* r) {
@@ -74,170 +53,113 @@ __attribute__((target("avx2,fma"))) inline void A4(const __m256* y, __m256* q) {
   q[5] = y[3];
 }
 
-// v[p][t][c] (stride vs between positions p) = (B^T d B)[p] for the 6x6 input window d of
-// each of the T tiles from tile number `first`.
-__attribute__((target("avx2,fma"))) inline void InputTransform4(const float* x, int64_t first,
-                                                                int T, int H, int W, int C,
-                                                                float* v, int64_t vs) {
-  const int TH = H / 4, TW = W / 4;
-  for (int t = 0; t < T; ++t) {
-    const auto [n, ti, tj] = TileAt(first + t, TH, TW);
-    const int r0 = 4 * ti - 1, c0 = 4 * tj - 1;
-    const float* xn = x + n * H * W * C;
-    const bool interior = r0 >= 0 && r0 + 5 < H && c0 >= 0 && c0 + 5 < W;
-    for (int c = 0; c < C; c += 8) {
-      __m256 e[6][6];  // e[i][b] = (B^T d)[i][b]
-      for (int b = 0; b < 6; ++b) {
-        __m256 d[6];
-        const int q = c0 + b;
-#pragma GCC unroll 6
-        for (int a = 0; a < 6; ++a) {
-          const int r = r0 + a;
-          d[a] = (interior || (r >= 0 && r < H && q >= 0 && q < W))
-                     ? _mm256_loadu_ps(xn + (static_cast<int64_t>(r) * W + q) * C + c)
-                     : _mm256_setzero_ps();
-        }
-        __m256 col[6];
-        BT6(d, col);
-#pragma GCC unroll 6
-        for (int i = 0; i < 6; ++i) e[i][b] = col[i];
-      }
-      for (int i = 0; i < 6; ++i) {
-        __m256 row[6];
-        BT6(e[i], row);
-        float* base = v + i * 6 * vs + t * C + c;
-#pragma GCC unroll 6
-        for (int j = 0; j < 6; ++j) _mm256_store_ps(base + j * vs, row[j]);
-      }
-    }
-  }
-}
+// F(4x4, 3x3): 4x4 output tiles from 6x6 windows (points 0, 1, -1, 2, -2).
+struct F4x3 {
+  static constexpr int kTile = 4;
+  static constexpr int kBlock = 18;  // tiles per block: V and M of 64 channels stay in L2
+  static constexpr double kG[6][3] = {{1 / 4., 0, 0},
+                                      {-1 / 6., -1 / 6., -1 / 6.},
+                                      {-1 / 6., 1 / 6., -1 / 6.},
+                                      {1 / 24., 1 / 12., 1 / 6.},
+                                      {1 / 24., -1 / 12., 1 / 6.},
+                                      {0, 0, 1}};
 
-// y (N,H,W,O) = correlation of x (N,H,W,C) with the kernel whose transform is u (36 x C x O).
-__attribute__((target("avx2,fma"))) inline void Correlate4(const float* x, const float* u,
-                                                           float* y, int N, int H, int W, int C,
-                                                           int O) {
-  const int TH = H / 4, TW = W / 4;
-  const int64_t tiles = static_cast<int64_t>(N) * TH * TW;
-  const int64_t blocks = (tiles + kTiles4 - 1) / kTiles4;
-  const int64_t vs = static_cast<int64_t>(kTiles4) * C, ms = static_cast<int64_t>(kTiles4) * O;
-#pragma omp parallel
-  {
-    float* v = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 36 * vs));
-    float* m = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 36 * ms));
-#pragma omp for schedule(static)
-    for (int64_t block = 0; block < blocks; ++block) {
-      const int64_t first = block * kTiles4;
-      const int T = static_cast<int>(std::min<int64_t>(kTiles4, tiles - first));
-      InputTransform4(x, first, T, H, W, C, v, vs);
-      for (int p = 0; p < 36; ++p) Gemm(v + p * vs, u + static_cast<int64_t>(p) * C * O, m + p * ms, T, C, O);
-      for (int t = 0; t < T; ++t) {
-        const auto [n, ti, tj] = TileAt(first + t, TH, TW);
-        float* yo = y + ((n * H + 4 * ti) * W + 4 * tj) * O;
-        for (int o = 0; o < O; o += 8) {
-          const float* mt = m + t * O + o;
-          __m256 s[4][6];  // s = A^T m (rows)
-          for (int j = 0; j < 6; ++j) {
-            __m256 col[6], out[4];
+  // v[p][t][c] (position stride vs) = (B^T d B)[p] for the 6x6 input window d of each of the
+  // T tiles from tile number `first`.
+  __attribute__((target("avx2,fma"))) static void InputTransform(
+      const float* x, int64_t first, int T, int H, int W, int C, float* v, int64_t vs) {
+    const int TH = H / 4, TW = W / 4;
+    for (int t = 0; t < T; ++t) {
+      const auto [n, ti, tj] = TileAt(first + t, TH, TW);
+      const int r0 = 4 * ti - 1, c0 = 4 * tj - 1;
+      const float* xn = x + n * H * W * C;
+      const bool interior = r0 >= 0 && r0 + 5 < H && c0 >= 0 && c0 + 5 < W;
+      for (int c = 0; c < C; c += 8) {
+        __m256 e[6][6];  // e[i][b] = (B^T d)[i][b]
+        for (int b = 0; b < 6; ++b) {
+          __m256 d[6];
+          const int q = c0 + b;
 #pragma GCC unroll 6
-            for (int i = 0; i < 6; ++i) col[i] = _mm256_load_ps(mt + (i * 6 + j) * ms);
-            AT6(col, out);
-#pragma GCC unroll 4
-            for (int r = 0; r < 4; ++r) s[r][j] = out[r];
+          for (int a = 0; a < 6; ++a) {
+            const int r = r0 + a;
+            d[a] = (interior || (r >= 0 && r < H && q >= 0 && q < W))
+                       ? _mm256_loadu_ps(xn + (static_cast<int64_t>(r) * W + q) * C + c)
+                       : _mm256_setzero_ps();
           }
-          for (int r = 0; r < 4; ++r) {
-            __m256 out[4];
-            AT6(s[r], out);
-            float* row = yo + static_cast<int64_t>(r) * W * O + o;
-#pragma GCC unroll 4
-            for (int q = 0; q < 4; ++q) _mm256_storeu_ps(row + q * O, out[q]);
-          }
+          __m256 col[6];
+          BT6(d, col);
+#pragma GCC unroll 6
+          for (int i = 0; i < 6; ++i) e[i][b] = col[i];
+        }
+        for (int i = 0; i < 6; ++i) {
+          __m256 row[6];
+          BT6(e[i], row);
+          float* base = v + i * 6 * vs + t * C + c;
+#pragma GCC unroll 6
+          for (int j = 0; j < 6; ++j) _mm256_store_ps(base + j * vs, row[j]);
         }
       }
     }
-    std::free(v);
-    std::free(m);
   }
-}
 
-// y = correlation of x (N,H,W,C) with w (3,3,C,O), padding 1; H, W multiples of 4.
-inline void Forward4(const float* x, const float* w, float* y, int N, int H, int W, int C, int O) {
-  std::vector<float> u(36 * static_cast<size_t>(C) * O);
-  TransformKernel4(w, C, O, u.data());
-  Correlate4(x, u.data(), y, N, H, W, C, O);
-}
-
-// dw (3,3,C,O) = the weight gradient of Forward4 for input x and output cotangent dy
-// (per-thread partial sums added in thread order, as WeightGrad).
-__attribute__((target("avx2,fma"))) inline void WeightGrad4(const float* x, const float* dy,
-                                                            float* dw, int N, int H, int W,
-                                                            int C, int O) {
-  const int TH = H / 4, TW = W / 4;
-  const int64_t tiles = static_cast<int64_t>(N) * TH * TW;
-  const int64_t blocks = (tiles + kTiles4 - 1) / kTiles4;
-  const int64_t vs = static_cast<int64_t>(kTiles4) * C, qs = static_cast<int64_t>(kTiles4) * O;
-  const int64_t us = static_cast<int64_t>(C) * O;
-  const int max_threads = omp_get_max_threads();
-  std::vector<float> partial(static_cast<size_t>(max_threads) * 36 * us, 0.f);
-  int threads = 1;
-#pragma omp parallel num_threads(max_threads)
-  {
-#pragma omp single
-    threads = omp_get_num_threads();
-    float* v = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 36 * vs));
-    float* q = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * 36 * qs));
-    float* du = partial.data() + static_cast<size_t>(omp_get_thread_num()) * 36 * us;
-#pragma omp for schedule(static)
-    for (int64_t block = 0; block < blocks; ++block) {
-      const int64_t first = block * kTiles4;
-      const int T = static_cast<int>(std::min<int64_t>(kTiles4, tiles - first));
-      InputTransform4(x, first, T, H, W, C, v, vs);
-      for (int t = 0; t < T; ++t) {
-        const auto [n, ti, tj] = TileAt(first + t, TH, TW);
-        const float* g = dy + ((n * H + 4 * ti) * W + 4 * tj) * O;
-        for (int o = 0; o < O; o += 8) {
-          __m256 z[6][4];  // z = A dY (rows)
-          for (int s = 0; s < 4; ++s) {
-            __m256 col[4], out[6];
-#pragma GCC unroll 4
-            for (int r = 0; r < 4; ++r) col[r] = _mm256_loadu_ps(g + (static_cast<int64_t>(r) * W + s) * O + o);
-            A4(col, out);
-#pragma GCC unroll 6
-            for (int i = 0; i < 6; ++i) z[i][s] = out[i];
-          }
-          for (int i = 0; i < 6; ++i) {
-            __m256 out[6];
-            A4(z[i], out);
-            float* base = q + i * 6 * qs + t * O + o;
-#pragma GCC unroll 6
-            for (int j = 0; j < 6; ++j) _mm256_store_ps(base + j * qs, out[j]);
-          }
-        }
-      }
-      for (int p = 0; p < 36; ++p) GemmT(v + p * vs, q + p * qs, du + p * us, T, C, O);
-    }
-    std::free(v);
-    std::free(q);
-  }
-  float* total = partial.data();
-  for (int thread = 1; thread < threads; ++thread)
-    for (int64_t i = 0; i < 36 * us; ++i) total[i] += partial[thread * 36 * us + i];
-  const float g[6][3] = {{1 / 4.f, 0, 0}, {-1 / 6.f, -1 / 6.f, -1 / 6.f}, {-1 / 6.f, 1 / 6.f, -1 / 6.f},
-                         {1 / 24.f, 1 / 12.f, 1 / 6.f}, {1 / 24.f, -1 / 12.f, 1 / 6.f}, {0, 0, 1}};
-  for (int a = 0; a < 3; ++a)
-    for (int b = 0; b < 3; ++b) {
-      float* out = dw + (a * 3 + b) * us;
-      for (int64_t k = 0; k < us; ++k) out[k] = 0.f;
-      for (int i = 0; i < 6; ++i)
+  // y's 4x4 output tile = A^T m A for each of the T tiles (m: position stride ms).
+  __attribute__((target("avx2,fma"))) static void OutputTransform(
+      const float* m, int64_t ms, int64_t first, int T, int H, int W, int O, float* y) {
+    const int TH = H / 4, TW = W / 4;
+    for (int t = 0; t < T; ++t) {
+      const auto [n, ti, tj] = TileAt(first + t, TH, TW);
+      float* yo = y + ((n * H + 4 * ti) * W + 4 * tj) * O;
+      for (int o = 0; o < O; o += 8) {
+        const float* mt = m + t * O + o;
+        __m256 s[4][6];  // s = A^T m (rows)
         for (int j = 0; j < 6; ++j) {
-          const float f = g[i][a] * g[j][b];
-          if (f == 0.f) continue;
-          const float* in = total + (i * 6 + j) * us;
-          for (int64_t k = 0; k < us; ++k) out[k] += f * in[k];
+          __m256 col[6], out[4];
+#pragma GCC unroll 6
+          for (int i = 0; i < 6; ++i) col[i] = _mm256_load_ps(mt + (i * 6 + j) * ms);
+          AT6(col, out);
+#pragma GCC unroll 4
+          for (int r = 0; r < 4; ++r) s[r][j] = out[r];
         }
+        for (int r = 0; r < 4; ++r) {
+          __m256 out[4];
+          AT6(s[r], out);
+          float* row = yo + static_cast<int64_t>(r) * W * O + o;
+#pragma GCC unroll 4
+          for (int q = 0; q < 4; ++q) _mm256_storeu_ps(row + q * O, out[q]);
+        }
+      }
     }
-}
+  }
 
+  // q[p][t][o] (position stride qs) = (A dY A^T)[p] for each of the T tiles' 4x4 cotangent dY.
+  __attribute__((target("avx2,fma"))) static void CotangentTransform(
+      const float* dy, int64_t first, int T, int H, int W, int O, float* q, int64_t qs) {
+    const int TH = H / 4, TW = W / 4;
+    for (int t = 0; t < T; ++t) {
+      const auto [n, ti, tj] = TileAt(first + t, TH, TW);
+      const float* g = dy + ((n * H + 4 * ti) * W + 4 * tj) * O;
+      for (int o = 0; o < O; o += 8) {
+        __m256 z[6][4];  // z = A dY (rows)
+        for (int s = 0; s < 4; ++s) {
+          __m256 col[4], out[6];
+#pragma GCC unroll 4
+          for (int r = 0; r < 4; ++r)
+            col[r] = _mm256_loadu_ps(g + (static_cast<int64_t>(r) * W + s) * O + o);
+          A4(col, out);
+#pragma GCC unroll 6
+          for (int i = 0; i < 6; ++i) z[i][s] = out[i];
+        }
+        for (int i = 0; i < 6; ++i) {
+          __m256 out[6];
+          A4(z[i], out);
+          float* base = q + i * 6 * qs + t * O + o;
+#pragma GCC unroll 6
+          for (int j = 0; j < 6; ++j) _mm256_store_ps(base + j * qs, out[j]);
+        }
+      }
+    }
+  }
+};
 
 // Whether the F(4x4, 3x3) kernels take this correlation: as `Applies`, with H and W
 // multiples of 4.
@@ -246,14 +168,6 @@ inline bool Applies4(int64_t kh, int64_t kw, int64_t h, int64_t w, int64_t c, in
                      const int64_t* pad_hi) {
   return h % 4 == 0 && w % 4 == 0 &&
          Applies(kh, kw, h, w, c, o, stride, dilation, pad_lo, pad_hi);
-}
-
-// dx (N,H,W,C) = the input gradient of Forward4 for output cotangent dy (N,H,W,O).
-inline void InputGrad4(const float* dy, const float* w, float* dx, int N, int H, int W, int C,
-                       int O) {
-  std::vector<float> turned(9 * static_cast<size_t>(C) * O);
-  TurnKernel(w, C, O, turned.data());
-  Forward4(dy, turned.data(), dx, N, H, W, O, C);
 }
 
 }  // namespace winograd
