@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from bench.train_step import CPU_CONVOLUTIONS
+
 _CONTAINERS = ("ThunkExecutor", "$", "end: ", "PjitFunction", "CommonPjRt", "ParseArguments",
                "Handle inputs", "SlinkyThreadPool")
 
@@ -56,8 +58,7 @@ def main(argv=None):
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--grad", default="hand", choices=("hand", "autodiff"))
   parser.add_argument("--cpu_convolutions", default="onednn",
-                      choices=("onednn", "onednn_direct", "onednn_winograd4", "eigen",
-                               "xla_default"),
+                      choices=CPU_CONVOLUTIONS,
                       help="as the trainer's (cnn_jax.train.steps.CPU_CONVOLUTIONS)")
   parser.add_argument("--cores", type=int, default=1,
                       help="pin to this many cores (0: leave the affinity alone)")

@@ -2,7 +2,8 @@
 
   python -m bench.train_step --model=resnet --depth=20 --batch=128 [--json] \
       [--compare=torch] [--torch_threads=T,...] [--steps=N] [--repeats=R]
-      [--grad=autodiff,hand,...] [--devices=D,...] [--cpu_convolutions=onednn,onednn_direct,onednn_winograd4,eigen,xla_default]
+      [--grad=autodiff,hand,...] [--devices=D,...]
+      [--cpu_convolutions=onednn,onednn_direct,onednn_winograd4,eigen,xla_default]
       [--dtype=float32,bfloat16]
       [--[no]scan | --blocks=scan,unrolled] [--compile_only] [--matmul [--matmul_size=4096]]
 
@@ -34,9 +35,10 @@ comma-separated lists; every combination is compiled and timed, alternating, in 
 The step is compiled with the trainer's XLA options (``cnn_jax.train.steps.compiler_options``)
 and, by default, the trainer's ``cpu_convolutions="onednn"``: the hand ops' convolutions on
 oneDNN where it is built (one device), the stride-1 3x3 ones as Winograd F(2x2, 3x3), XLA's
-own in Eigen; ``--cpu_convolutions=onednn,onednn_direct,eigen,xla_default`` times each choice
-in the same run (``onednn_direct``: oneDNN's direct algorithm for every layer, the default
-before the ninth session; ``eigen``: every convolution in XLA's Eigen, the default before the
+own in Eigen; ``--cpu_convolutions=onednn,onednn_direct,onednn_winograd4,eigen,xla_default``
+times each choice in the same run (``onednn_direct``: oneDNN's direct algorithm for every
+layer, the default before the ninth session; ``onednn_winograd4``: F(4x4, 3x3) where the
+sizes are multiples of 4; ``eigen``: every convolution in XLA's Eigen, the default before the
 seventh; ``xla_default``: XLA's own choice, YNNPACK above 16 channels).
 """
 
@@ -87,7 +89,8 @@ def _parse(argv):
                       help="comma-separated: onednn (the trainer's default: the hand ops' "
                       "convolutions on oneDNN where built, cnn_jax.ops.onednn, the stride-1 3x3 "
                       "ones as Winograd F(2x2,3x3); XLA's own in Eigen), onednn_direct (the same "
-                      "without Winograd), onednn_winograd4 (F(4x4,3x3) where sizes allow), eigen (XLA's CPU backend runs every convolution with Eigen), "
+                      "without Winograd), onednn_winograd4 (F(4x4,3x3) where sizes allow), "
+                      "eigen (XLA's CPU backend runs every convolution with Eigen), "
                       "xla_default (XLA's choice: YNNPACK above 16 channels); see "
                       "cnn_jax.train.steps.CPU_CONVOLUTIONS")
   parser.add_argument("--dtype", default="float32",

@@ -81,8 +81,8 @@ def build() -> tuple[bool, str]:
                    "`pip install -r requirements.txt` installs onednn-devel-cpu-gomp")
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(LIBRARY))
   os.close(fd)
-  command = [compiler, "-O2", "-std=c++17", "-fopenmp", "-shared", "-fPIC", "-w", SOURCE, "-o", tmp,
-             f"-I{jax.ffi.include_dir()}", f"-I{include}", f"-L{libdir}", "-ldnnl",
+  command = [compiler, "-O2", "-std=c++17", "-fopenmp", "-shared", "-fPIC", "-w", SOURCE,
+             "-o", tmp, f"-I{jax.ffi.include_dir()}", f"-I{include}", f"-L{libdir}", "-ldnnl",
              f"-Wl,-rpath,{libdir}"]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode != 0:

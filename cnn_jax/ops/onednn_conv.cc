@@ -150,8 +150,7 @@ ffi::Error ForwardUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     ++winograd_calls[tile];
     return ffi::Error::Success();
   }
-  Geometry g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride, dilation,
-                            pad_lo, pad_hi);
+  Geometry g = MakeGeometry(xd, wd, y->dimensions(), stride, dilation, pad_lo, pad_hi);
   Cached c = Lookup(Key("forward", g), [&] {
     auto desc = ForwardDesc(g);
     return Cached{dnnl::primitive(desc), desc.weights_desc(), desc.scratchpad_desc()};
@@ -182,8 +181,7 @@ ffi::Error BackwardDataUnchecked(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32>
     ++winograd_calls[tile];
     return ffi::Error::Success();
   }
-  Geometry g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride, dilation,
-                            pad_lo, pad_hi);
+  Geometry g = MakeGeometry(xd, wd, dy.dimensions(), stride, dilation, pad_lo, pad_hi);
   Cached c = Lookup(Key("backward_data", g), [&] {
     auto desc = dnnl::convolution_backward_data::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, Activations(g.src), AnyKernel(g.wei),
@@ -217,8 +215,7 @@ ffi::Error BackwardWeightsUnchecked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F3
     ++winograd_calls[tile];
     return ffi::Error::Success();
   }
-  Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride, dilation,
-                            pad_lo, pad_hi);
+  Geometry g = MakeGeometry(xd, wd, dy.dimensions(), stride, dilation, pad_lo, pad_hi);
   Cached c = Lookup(Key("backward_weights", g), [&] {
     auto desc = dnnl::convolution_backward_weights::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, Activations(g.src), AnyKernel(g.wei),

@@ -255,63 +255,58 @@ void InputGradBy(const float* dy, const float* w, float* dx, int N, int H, int W
   ForwardBy<F>(dy, turned.data(), dx, N, H, W, O, C);
 }
 
-// v[p][t][c] (stride vs between positions p) = (B^T d B)[p] for the 4x4 input window d of
-// each of the T tiles from tile number `first` (padding 1: rows/columns outside are zeros).
-__attribute__((target("avx2,fma"))) inline void InputTransform2(const float* x, int64_t first,
-                                                               int T, int H, int W, int C,
-                                                               float* v, int64_t vs) {
-  const int TH = H / 2, TW = W / 2;
-  for (int t = 0; t < T; ++t) {
-    const auto [n, ti, tj] = TileAt(first + t, TH, TW);
-    const int r0 = 2 * ti - 1, c0 = 2 * tj - 1;
-    const float* xn = x + n * H * W * C;
-    const bool interior = r0 >= 0 && r0 + 3 < H && c0 >= 0 && c0 + 3 < W;
-    for (int c = 0; c < C; c += 8) {
-      __m256 d[4][4];
-      if (interior) {
-#pragma GCC unroll 4
-        for (int a = 0; a < 4; ++a)
-#pragma GCC unroll 4
-          for (int b = 0; b < 4; ++b)
-            d[a][b] = _mm256_loadu_ps(xn + (static_cast<int64_t>(r0 + a) * W + c0 + b) * C + c);
-      } else {
-        for (int a = 0; a < 4; ++a)
-          for (int b = 0; b < 4; ++b) {
-            const int r = r0 + a, q = c0 + b;
-            d[a][b] = (r >= 0 && r < H && q >= 0 && q < W)
-                          ? _mm256_loadu_ps(xn + (static_cast<int64_t>(r) * W + q) * C + c)
-                          : _mm256_setzero_ps();
-          }
-      }
-      __m256 e[4][4];  // B^T d: rows
-#pragma GCC unroll 4
-      for (int b = 0; b < 4; ++b) {
-        e[0][b] = _mm256_sub_ps(d[0][b], d[2][b]);
-        e[1][b] = _mm256_add_ps(d[1][b], d[2][b]);
-        e[2][b] = _mm256_sub_ps(d[2][b], d[1][b]);
-        e[3][b] = _mm256_sub_ps(d[1][b], d[3][b]);
-      }
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) {  // (B^T d) B: columns
-        float* base = v + i * 4 * vs + t * C + c;
-        _mm256_store_ps(base, _mm256_sub_ps(e[i][0], e[i][2]));
-        _mm256_store_ps(base + vs, _mm256_add_ps(e[i][1], e[i][2]));
-        _mm256_store_ps(base + 2 * vs, _mm256_sub_ps(e[i][2], e[i][1]));
-        _mm256_store_ps(base + 3 * vs, _mm256_sub_ps(e[i][1], e[i][3]));
-      }
-    }
-  }
-}
-
 // F(2x2, 3x3): 2x2 output tiles from 4x4 windows (points 0, 1, -1).
 struct F2x3 {
   static constexpr int kTile = 2;
   static constexpr int kBlock = 36;  // tiles per block
   static constexpr double kG[4][3] = {{1, 0, 0}, {.5, .5, .5}, {.5, -.5, .5}, {0, 0, 1}};
 
+  // v[p][t][c] (stride vs between positions p) = (B^T d B)[p] for the 4x4 input window d of
+  // each of the T tiles from tile number `first` (padding 1: rows/columns outside are zeros).
   __attribute__((target("avx2,fma"))) static void InputTransform(
       const float* x, int64_t first, int T, int H, int W, int C, float* v, int64_t vs) {
-    InputTransform2(x, first, T, H, W, C, v, vs);
+    const int TH = H / 2, TW = W / 2;
+    for (int t = 0; t < T; ++t) {
+      const auto [n, ti, tj] = TileAt(first + t, TH, TW);
+      const int r0 = 2 * ti - 1, c0 = 2 * tj - 1;
+      const float* xn = x + n * H * W * C;
+      const bool interior = r0 >= 0 && r0 + 3 < H && c0 >= 0 && c0 + 3 < W;
+      for (int c = 0; c < C; c += 8) {
+        __m256 d[4][4];
+        if (interior) {
+#pragma GCC unroll 4
+          for (int a = 0; a < 4; ++a)
+#pragma GCC unroll 4
+            for (int b = 0; b < 4; ++b)
+              d[a][b] =
+                  _mm256_loadu_ps(xn + (static_cast<int64_t>(r0 + a) * W + c0 + b) * C + c);
+        } else {
+          for (int a = 0; a < 4; ++a)
+            for (int b = 0; b < 4; ++b) {
+              const int r = r0 + a, q = c0 + b;
+              d[a][b] = (r >= 0 && r < H && q >= 0 && q < W)
+                            ? _mm256_loadu_ps(xn + (static_cast<int64_t>(r) * W + q) * C + c)
+                            : _mm256_setzero_ps();
+            }
+        }
+        __m256 e[4][4];  // B^T d: rows
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; ++b) {
+          e[0][b] = _mm256_sub_ps(d[0][b], d[2][b]);
+          e[1][b] = _mm256_add_ps(d[1][b], d[2][b]);
+          e[2][b] = _mm256_sub_ps(d[2][b], d[1][b]);
+          e[3][b] = _mm256_sub_ps(d[1][b], d[3][b]);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {  // (B^T d) B: columns
+          float* base = v + i * 4 * vs + t * C + c;
+          _mm256_store_ps(base, _mm256_sub_ps(e[i][0], e[i][2]));
+          _mm256_store_ps(base + vs, _mm256_add_ps(e[i][1], e[i][2]));
+          _mm256_store_ps(base + 2 * vs, _mm256_sub_ps(e[i][2], e[i][1]));
+          _mm256_store_ps(base + 3 * vs, _mm256_sub_ps(e[i][1], e[i][3]));
+        }
+      }
+    }
   }
 
   // y's 2x2 output tile = A^T m A for each of the T tiles (m: position stride ms).

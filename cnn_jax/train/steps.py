@@ -79,9 +79,8 @@ def check_cpu_convolutions(cpu_convolutions: str) -> None:
 def compiler_options(cpu_convolutions: str = "eigen") -> dict[str, str | int]:
   """XLA compiler options for the steps' ``jax.jit`` (``{}`` off the CPU backend).
 
-  On CPU: ``xla_options.optimization_level()`` (faster compiles), and with
-  ``cpu_convolutions="eigen"``, ``"onednn"`` or ``"onednn_direct"`` XLA's own convolutions in
-  Eigen instead of YNNPACK.
+  On CPU: ``xla_options.optimization_level()`` (faster compiles), and with every choice but
+  ``cpu_convolutions="xla_default"`` XLA's own convolutions in Eigen instead of YNNPACK.
 
   Raises:
     ValueError: ``cpu_convolutions`` is not one of ``CPU_CONVOLUTIONS``.
