@@ -293,3 +293,57 @@ def test_trainer_takes_onednn_only_when_asked_on_one_device():
   assert not steps_lib.uses_onednn("xla_default", 1)
   # The FFI call is not partitioned: a mesh of several devices keeps XLA's convolutions.
   assert not steps_lib.uses_onednn("onednn", 2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_materialize_is_the_identity_in_value_and_derivatives(rng, dtype):
+  shape = tuple(int(n) for n in rng.integers(1, 7, int(rng.integers(1, 5))))
+  x, t, c = (jnp.asarray(rng.standard_normal(shape), dtype) for _ in range(3))
+  assert "CnnJaxMaterialize" in str(jax.make_jaxpr(onednn.materialize)(x))
+  # Exact equality: an identity moves bits, it rounds nothing.
+  np.testing.assert_array_equal(jax.jit(onednn.materialize)(x), x)
+  _, tangent = jax.jvp(onednn.materialize, (x,), (t,))
+  np.testing.assert_array_equal(tangent, t)
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(onednn.materialize(x) * c)))(x)
+  np.testing.assert_array_equal(grad, c)
+  stacked = jnp.stack([x, t])
+  np.testing.assert_array_equal(jax.vmap(onednn.materialize)(stacked), stacked)
+  with onednn.use(False):  # a new function: traces are cached by function, not by context
+    assert "CnnJaxMaterialize" not in str(jax.make_jaxpr(lambda x: onednn.materialize(x))(x))
+
+
+def _residual_chain(x, kernels, store):
+  """``x_{k+1} = relu(conv(x_k) / 2 + x_k)``: each ``x_k`` feeds a call and a fusion."""
+  for w in kernels:
+    x = jax.nn.relu(hand.correlate(x, w, padding="SAME") * 0.5 + x)
+    if store:
+      x = onednn.materialize(x)
+  return x
+
+
+def test_materialize_stops_xla_recomputing_a_residual_stream(rng):
+  steps, channels = int(rng.integers(3, 8)), int(rng.integers(1, 9))
+  x = jnp.asarray(rng.standard_normal((2, 6, 6, channels)), jnp.float32)
+  kernels = [jnp.asarray(rng.standard_normal((3, 3, channels, channels)), jnp.float32)
+             for _ in range(steps)]
+  adds = {}
+  for store in (False, True):
+    fn = jax.jit(lambda x, kernels, store=store: _residual_chain(x, kernels, store))
+    adds[store] = fn.lower(x, kernels).compile().as_text().count(" add(")
+    # Same values either way (the same float32 ops in the same order).
+    np.testing.assert_array_equal(fn(x, kernels), _residual_chain(x, kernels, False))
+  # Stored, each step's add is compiled once; fused, XLA recomputes x_k inside every later
+  # step's fusion, so step k holds k adds: steps * (steps + 1) / 2 in all.
+  assert adds[True] == steps, adds
+  assert adds[False] == steps * (steps + 1) // 2, adds
+
+
+@pytest.mark.parametrize("grad", ["hand", "autodiff"])
+def test_hand_resnet_stores_each_block_output(grad):
+  from cnn_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  model = resnet.ResNet(num_classes=3, depth=14, grad=grad)  # 3 stages of 2 blocks
+  x = jnp.ones((2, 8, 8, 3))
+  variables = model.init(jax.random.key(0), x)
+  jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x, train=True,
+                                                   mutable=["batch_stats"]))(variables))
+  assert jaxpr.count("CnnJaxMaterialize") == (6 if grad == "hand" else 0)

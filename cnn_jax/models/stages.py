@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax import layers
+from cnn_jax.ops import onednn
 
 ModuleDef = Any
 
@@ -124,7 +125,7 @@ class Stage(nn.Module):
       x = layers.Pool(self.pool, window=layers.downsampling_window(self.pool, strides),
                       stride=strides, padding="SAME", grad=self.grad, name="pool")(x)
       strides = 1
-    x = self.block(strides=strides, name="block0")(x, train)
+    x = self._stored(self.block(strides=strides, name="block0")(x, train))
     rest = self.count - 1
     if self.scan and rest >= self.min_scanned:
       scanned = nn.scan(_ScanBody, variable_axes={"params": 0, "batch_stats": 0},
@@ -132,8 +133,13 @@ class Stage(nn.Module):
       x, _ = scanned(self.block, name="blocks")(x, train)
     else:
       for i in range(1, self.count):
-        x = self.block(strides=1, name=f"block{i}")(x, train)
+        x = self._stored(self.block(strides=1, name=f"block{i}")(x, train))
     return x
+
+  def _stored(self, x):
+    """A block's output, stored once on the hand path (``onednn.materialize``): otherwise XLA
+    recomputes the residual stream from the stage's start inside every later block."""
+    return onednn.materialize(x) if self.grad == "hand" else x
 
 
 def compute_dtype(name: str):

@@ -54,7 +54,8 @@ LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_onednn_conv
 DISABLE_VARIABLE = "CNN_JAX_ONEDNN"
 _TARGETS = {"forward": "CnnJaxOnednnConvForward",
             "input_grad": "CnnJaxOnednnConvBackwardData",
-            "weight_grad": "CnnJaxOnednnConvBackwardWeights"}
+            "weight_grad": "CnnJaxOnednnConvBackwardWeights",
+            "materialize": "CnnJaxMaterialize"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +278,47 @@ def correlate(x: jax.Array, w: jax.Array, spec: correlation.WindowSpec) -> jax.A
     y = _forward(x[:, None], w[None], geometry)
     return y[:, 0]
   return _forward(x, w, (spec.stride, spec.dilation, spec.pads))
+
+
+# ---------------------------------------------------------------------------------------------
+# Materialize: a value stored once, not recomputed by each consumer
+# ---------------------------------------------------------------------------------------------
+
+
+def _identity_call(x):
+  return jax.ffi.ffi_call(_TARGETS["materialize"], jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          vmap_method="broadcast_all", input_output_aliases={0: 0})(x)
+
+
+@jax.custom_jvp
+def _materialize(x):
+  return _identity_call(x)
+
+
+@_materialize.defjvp
+def _materialize_jvp(primals, tangents):
+  # The tangent (and so the cotangent) passes through as itself: materializing the backward
+  # pass's stream too measured ~30 ms per ResNet-56 step slower (bench.profile_step, its
+  # elementwise fusions 160 against 130 ms), against ~170 ms saved in the forward.
+  return _materialize(primals[0]), tangents[0]
+
+
+def materialize(x: jax.Array) -> jax.Array:
+  """``x``, computed once into memory: an identity that XLA cannot fuse into its consumers,
+  where the FFI library runs (not switched off, built, on the CPU); plain ``x`` elsewhere.
+  Differentiable to any order, forward or reverse (the derivative is the identity).
+
+  Why: XLA's CPU fusion copies a cheap elementwise producer into every consumer that can fuse
+  it. A residual stage's stream ``x_{k+1} = relu(bn(conv(...)) + x_k)`` feeds the next block's
+  convolution (a call, so it is stored) and the next block's add (a fusion, so it is
+  recomputed there, from ``x_{k-1}``, ... back to the stage's start): block ``k``'s fusion
+  reads ``k`` convolution outputs, quadratic work per stage (ResNet-56: ~200 ms of a 1.6 s
+  step, docs/benchmarks.md, tenth session). The result aliases ``x``'s buffer, so nothing is
+  copied when ``x`` has no other consumer.
+  """
+  if _USE.get() is False or not available():
+    return x
+  return _materialize(x)
 
 
 def main(argv=None) -> int:

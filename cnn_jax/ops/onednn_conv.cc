@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <string>
@@ -277,6 +278,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvForward, Forward, CNN_JAX_CONV_BIN
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardData, BackwardData, CNN_JAX_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardWeights, BackwardWeights,
                               CNN_JAX_CONV_BINDING);
+
+// The identity as a call XLA cannot fuse through (cnn_jax.ops.onednn.materialize): its
+// operand is computed once, into memory, and every consumer reads that memory instead of
+// recomputing the operand's elementwise chain. The result aliases the operand
+// (input_output_aliases), so normally the buffers are the same and nothing is copied.
+namespace {
+ffi::Error Materialize(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  if (y->untyped_data() != x.untyped_data()) {
+    std::memcpy(y->untyped_data(), x.untyped_data(), x.size_bytes());
+  }
+  return ffi::Error::Success();
+}
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxMaterialize, Materialize,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 
 extern "C" int64_t CnnJaxWinogradCalls(int64_t tile) {
   return tile == 2 || tile == 4 ? winograd_calls[tile].load() : 0;
