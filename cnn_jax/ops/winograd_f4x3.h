@@ -69,8 +69,10 @@ struct F4x3 {
   __attribute__((target("avx2,fma"))) static void InputTransform(
       const float* x, int64_t first, int T, int H, int W, int C, float* v, int64_t vs) {
     const int TH = H / 4, TW = W / 4;
-    for (int t = 0; t < T; ++t) {
-      const auto [n, ti, tj] = TileAt(first + t, TH, TW);
+    TileCursor at(first, TH, TW);
+    for (int t = 0; t < T; ++t, at.Next()) {
+      const int64_t n = at.n;
+      const int ti = at.ti, tj = at.tj;
       const int r0 = 4 * ti - 1, c0 = 4 * tj - 1;
       const float* xn = x + n * H * W * C;
       const bool interior = r0 >= 0 && r0 + 5 < H && c0 >= 0 && c0 + 5 < W;
@@ -106,8 +108,10 @@ struct F4x3 {
   __attribute__((target("avx2,fma"))) static void OutputTransform(
       const float* m, int64_t ms, int64_t first, int T, int H, int W, int O, float* y) {
     const int TH = H / 4, TW = W / 4;
-    for (int t = 0; t < T; ++t) {
-      const auto [n, ti, tj] = TileAt(first + t, TH, TW);
+    TileCursor at(first, TH, TW);
+    for (int t = 0; t < T; ++t, at.Next()) {
+      const int64_t n = at.n;
+      const int ti = at.ti, tj = at.tj;
       float* yo = y + ((n * H + 4 * ti) * W + 4 * tj) * O;
       for (int o = 0; o < O; o += 8) {
         const float* mt = m + t * O + o;
@@ -135,8 +139,10 @@ struct F4x3 {
   __attribute__((target("avx2,fma"))) static void CotangentTransform(
       const float* dy, int64_t first, int T, int H, int W, int O, float* q, int64_t qs) {
     const int TH = H / 4, TW = W / 4;
-    for (int t = 0; t < T; ++t) {
-      const auto [n, ti, tj] = TileAt(first + t, TH, TW);
+    TileCursor at(first, TH, TW);
+    for (int t = 0; t < T; ++t, at.Next()) {
+      const int64_t n = at.n;
+      const int ti = at.ti, tj = at.tj;
       const float* g = dy + ((n * H + 4 * ti) * W + 4 * tj) * O;
       for (int o = 0; o < O; o += 8) {
         __m256 z[6][4];  // z = A dY (rows)
