@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # (cnn_jax/ops/onednn.py); if it cannot be built (no C++ compiler), one line says so and XLA's
 # convolutions run instead.
 ONEDNN_LIB := cnn_jax/ops/_onednn_conv.so
-ONEDNN_SOURCES := cnn_jax/ops/onednn_conv.cc cnn_jax/ops/winograd_f2x3.h cnn_jax/ops/winograd_f4x3.h
+ONEDNN_SOURCES := cnn_jax/ops/onednn_conv.cc cnn_jax/ops/winograd_f2x3.h cnn_jax/ops/winograd_f4x3.h cnn_jax/ops/channel_sums.h
 
 .PHONY: demo test test-full venv bench clean
 

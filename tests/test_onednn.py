@@ -347,3 +347,71 @@ def test_hand_resnet_stores_each_block_output(grad):
   jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x, train=True,
                                                    mutable=["batch_stats"]))(variables))
   assert jaxpr.count("CnnJaxMaterialize") == (6 if grad == "hand" else 0)
+
+
+def _activations(rng, channels):
+  """A float32 activation with per-channel offsets and spreads (so centring matters)."""
+  shape = (tuple(int(n) for n in rng.integers(1, 9, int(rng.integers(1, 4))))
+           + (channels,))
+  x = rng.normal(rng.uniform(-3, 3, channels), rng.uniform(0.3, 3, channels),
+                 (int(rng.integers(1, 40)),) + shape)
+  return x.astype(np.float32)
+
+
+def test_channel_sums_equal_float64_sums(rng):
+  channels = 8 * int(rng.integers(1, 9))
+  x = _activations(rng, channels)
+  g = rng.normal(size=x.shape).astype(np.float32)
+  assert onednn.sums_apply(jnp.asarray(x))
+  mean, var = jax.jit(onednn.channel_moments)(x)
+  sum_g, sum_g_centred = jax.jit(onednn.channel_grad_sums)(g, x, mean)
+  x64, g64 = (a.reshape(-1, channels).astype(np.float64) for a in (x, g))
+  mean64 = np.asarray(mean, np.float64)  # the centring point the kernel was given
+  # float32 sums over blocks of 256 rows, float64 across blocks: ~sqrt(256) * 6e-8 = 1e-6 of
+  # the sum of magnitudes at worst, 2e-6 of each sum's scale leaves a 2x margin.
+  for got, want, scale in [
+      (mean, x64.mean(0), np.abs(x64).mean(0)),
+      (var, x64.var(0), x64.var(0)),
+      (sum_g, g64.sum(0), np.abs(g64).sum(0)),
+      (sum_g_centred, (g64 * (x64 - mean64)).sum(0), np.abs(g64 * (x64 - mean64)).sum(0))]:
+    np.testing.assert_array_less(np.abs(np.asarray(got, np.float64) - want), 2e-6 * scale)
+
+
+def test_hand_batch_norm_takes_the_channel_sums_in_float32_and_equals_autodiff(rng):
+  channels = 8 * int(rng.integers(1, 5))
+  x = jnp.asarray(_activations(rng, channels))
+  scale, bias = (jnp.asarray(rng.normal(size=channels), jnp.float32) for _ in range(2))
+  g = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  fast = lambda x, s, b: hand.batch_norm(x, s, b)[0]
+  reference = lambda x, s, b: ops.batch_norm(x, s, b)[0]
+  jaxpr = str(jax.make_jaxpr(lambda *a: jax.vjp(fast, *a)[1](g))(x, scale, bias))
+  assert "CnnJaxChannelMoments" in jaxpr and "CnnJaxChannelGradSums" in jaxpr
+  y, vjp = jax.vjp(fast, x, scale, bias)
+  y_ref, vjp_ref = jax.vjp(reference, x, scale, bias)
+  # float32, the same formula with sums in another order: ~1e-6 relative; 1e-5 of the largest
+  # entry leaves a 10x margin (as the convolutions' tests).
+  for got, want in zip((y,) + vjp(g), (y_ref,) + vjp_ref(g)):
+    assert _rel(got, want) < 1e-5
+  # Second order (the sums' derivatives are jnp sums): a Hessian-vector product of
+  # <g, bn(x)>^2 against autodiff, three chained sums: 1e-4.
+  v = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  hvp = lambda f: jax.grad(lambda x: jnp.vdot(jax.grad(
+      lambda x: jnp.vdot(g, f(x, scale, bias)) ** 2)(x), v))(x)
+  assert _rel(hvp(fast), hvp(reference)) < 1e-4
+
+
+@pytest.mark.parametrize("case", ["7 channels", "float64", "switched off"])
+def test_hand_batch_norm_keeps_its_matmul_sums_elsewhere(rng, case):
+  channels = 7 if case == "7 channels" else 16
+  x = jnp.asarray(_activations(rng, channels), jnp.float32)
+  scale, bias = jnp.ones(channels), jnp.zeros(channels)
+  fn = lambda x: jax.grad(lambda x: hand.batch_norm(x, scale, bias)[0].sum())(x)
+  if case == "float64":
+    with jax.enable_x64(True):
+      jaxpr = str(jax.make_jaxpr(fn)(x.astype(jnp.float64)))
+  elif case == "switched off":
+    with onednn.use(False):
+      jaxpr = str(jax.make_jaxpr(fn)(x))
+  else:
+    jaxpr = str(jax.make_jaxpr(fn)(x))
+  assert "CnnJaxChannel" not in jaxpr

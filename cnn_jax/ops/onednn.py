@@ -45,17 +45,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax.ops import correlation
+from cnn_jax.ops.normalization import per_channel
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
-WINOGRAD_SOURCES = tuple(os.path.join(os.path.dirname(SOURCE), name)
-                         for name in ("winograd_f2x3.h", "winograd_f4x3.h"))
+HEADERS = tuple(os.path.join(os.path.dirname(SOURCE), name)
+                for name in ("winograd_f2x3.h", "winograd_f4x3.h", "channel_sums.h"))
 WINOGRAD_TILES = (0, 2, 4)  # largest Winograd output tile: none, F(2x2, 3x3), F(4x4, 3x3)
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_onednn_conv.so")
 DISABLE_VARIABLE = "CNN_JAX_ONEDNN"
 _TARGETS = {"forward": "CnnJaxOnednnConvForward",
             "input_grad": "CnnJaxOnednnConvBackwardData",
             "weight_grad": "CnnJaxOnednnConvBackwardWeights",
-            "materialize": "CnnJaxMaterialize"}
+            "materialize": "CnnJaxMaterialize",
+            "channel_moments": "CnnJaxChannelMoments",
+            "channel_grad_sums": "CnnJaxChannelGradSums"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +104,7 @@ def _load() -> str | None:
   """Loads the built library and registers its handlers; ``None`` on success, else why not."""
   if not os.path.exists(LIBRARY):
     return f"{LIBRARY} is not built (run `make` or `python -m cnn_jax.ops.onednn build`)"
-  for source in (SOURCE,) + WINOGRAD_SOURCES:
+  for source in (SOURCE,) + HEADERS:
     if os.path.getmtime(LIBRARY) < os.path.getmtime(source):
       return f"{LIBRARY} is older than {source}: rebuild it (`python -m cnn_jax.ops.onednn build`)"
   try:
@@ -319,6 +322,65 @@ def materialize(x: jax.Array) -> jax.Array:
   if _USE.get() is False or not available():
     return x
   return _materialize(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm's channel sums, one pass over the activations
+# ---------------------------------------------------------------------------------------------
+
+
+def sums_apply(x: jax.Array) -> bool:
+  """Whether ``channel_moments`` / ``channel_grad_sums`` take ``x``: float32, channels (the
+  last axis) a multiple of 8, the library available and not switched off by ``use(False)``."""
+  return (_USE.get() is not False and x.dtype == jnp.float32 and x.ndim >= 2
+          and x.shape[-1] % 8 == 0 and available())
+
+
+def _sums_call(kind, channels, *args):
+  out = jax.ShapeDtypeStruct((channels,), jnp.float32)
+  return jax.ffi.ffi_call(_TARGETS[kind], (out, out), vmap_method="sequential")(*args)
+
+
+def _sum_over_positions(a):
+  return a.reshape(-1, a.shape[-1]).sum(0)
+
+
+@jax.custom_jvp
+def channel_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-channel mean and biased variance of ``x: (..., C)`` over all other axes, where
+  ``sums_apply(x)`` (``channel_sums.h``: one pass for the mean, one for the centred squares;
+  float32 within blocks of 256 rows, float64 across them). Differentiable to any order (the
+  derivatives as jnp sums)."""
+  return _sums_call("channel_moments", x.shape[-1], x)
+
+
+@channel_moments.defjvp
+def _channel_moments_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  mean, var = channel_moments(x)
+  positions = x.size // x.shape[-1]
+  # d var = 2 sum((x - mean) (dx - d mean)) / M, and sum(x - mean) = 0 drops d mean.
+  return (mean, var), (_sum_over_positions(dx) / positions,
+                       2 * _sum_over_positions((x - per_channel(mean, x.ndim)) * dx)
+                       / positions)
+
+
+@jax.custom_jvp
+def channel_grad_sums(g: jax.Array, x: jax.Array, mean: jax.Array) -> tuple[jax.Array,
+                                                                             jax.Array]:
+  """``(Σ g, Σ g (x - mean))`` per channel over all other axes, in one pass over ``g`` and
+  ``x`` (same shape, where ``sums_apply``; ``mean: (C,)``): BatchNorm's backward sums.
+  Differentiable to any order."""
+  return _sums_call("channel_grad_sums", x.shape[-1], g, x, mean)
+
+
+@channel_grad_sums.defjvp
+def _channel_grad_sums_jvp(primals, tangents):
+  (g, x, mean), (dg, dx, dmean) = primals, tangents
+  return channel_grad_sums(g, x, mean), (
+      _sum_over_positions(dg),
+      _sum_over_positions(dg * (x - per_channel(mean, x.ndim))
+                          + g * (dx - per_channel(dmean, x.ndim))))
 
 
 def main(argv=None) -> int:

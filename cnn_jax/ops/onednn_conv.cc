@@ -20,6 +20,7 @@
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
+#include "channel_sums.h"
 #include "winograd_f4x3.h"  // and winograd_f2x3.h
 
 namespace ffi = xla::ffi;
@@ -294,6 +295,43 @@ ffi::Error Materialize(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxMaterialize, Materialize,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+
+// BatchNorm's channel sums (channel_sums.h) over x viewed as (rows, C): C is x's last
+// dimension, a multiple of 8 (cnn_jax.ops.onednn checks).
+namespace {
+int64_t Rows(const ffi::Buffer<ffi::F32>& x) {
+  return static_cast<int64_t>(x.element_count()) / x.dimensions().back();
+}
+
+ffi::Error ChannelMoments(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> mean,
+                          ffi::ResultBuffer<ffi::F32> var) {
+  channel_sums::Moments(x.typed_data(), Rows(x), static_cast<int>(x.dimensions().back()),
+                        mean->typed_data(), var->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error ChannelGradSums(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
+                           ffi::Buffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> sum_g,
+                           ffi::ResultBuffer<ffi::F32> sum_g_centred) {
+  channel_sums::GradSums(g.typed_data(), x.typed_data(), mean.typed_data(), Rows(x),
+                         static_cast<int>(x.dimensions().back()), sum_g->typed_data(),
+                         sum_g_centred->typed_data());
+  return ffi::Error::Success();
+}
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxChannelMoments, ChannelMoments,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxChannelGradSums, ChannelGradSums,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 extern "C" int64_t CnnJaxWinogradCalls(int64_t tile) {
   return tile == 2 || tile == 4 ? winograd_calls[tile].load() : 0;

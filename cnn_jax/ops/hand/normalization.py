@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnn_jax.ops import normalization
+from cnn_jax.ops import normalization, onednn
 from cnn_jax.ops.normalization import per_channel
 
 # Fold this many values into a matmul row (a few positions' channels side by side): a wide
@@ -64,10 +64,14 @@ def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, *, epsilon: floa
 
 
 def _statistics(x, epsilon):
-  positions = x.size // x.shape[-1]
-  mean = channel_sum(x) / positions
-  centred = x - per_channel(mean, x.ndim)
-  var = channel_sum(centred * centred) / positions
+  if onednn.sums_apply(x):  # one pass each, nothing written but the sums
+    mean, var = onednn.channel_moments(x)
+    centred = x - per_channel(mean, x.ndim)
+  else:
+    positions = x.size // x.shape[-1]
+    mean = channel_sum(x) / positions
+    centred = x - per_channel(mean, x.ndim)
+    var = channel_sum(centred * centred) / positions
   return centred, mean, var, lax.rsqrt(var + epsilon)
 
 
@@ -91,8 +95,12 @@ def _batch_norm_bwd(epsilon, residuals, cotangents):
   ndim = x.ndim
   centred = x.astype(mean.dtype) - per_channel(mean, ndim)
   normalised = centred * per_channel(inv_std, ndim)
-  grad_bias = channel_sum(g)
-  grad_scale = channel_sum(g * normalised)
+  if onednn.sums_apply(x) and g.dtype == x.dtype:
+    grad_bias, grad_centred = onednn.channel_grad_sums(g, x, mean)
+    grad_scale = grad_centred * inv_std
+  else:
+    grad_bias = channel_sum(g)
+    grad_scale = channel_sum(g * normalised)
   grad_x = (per_channel(scale * inv_std, ndim)
             * (g - (per_channel(grad_bias, ndim) + normalised * per_channel(grad_scale, ndim))
                / positions)
