@@ -17,6 +17,11 @@ oneDNN's direct algorithm, docs/benchmarks.md, ninth session) unless traced insi
 multiples of 4 (``winograd_f4x3.h``: faster again, less accurate); ``winograd_calls(tile)``
 counts how many ran.
 
+The same library holds two helpers for the hand models: ``materialize(x)``, an identity
+XLA cannot fuse through (residual stages store each block's output with it), and BatchNorm's
+channel sums in one pass (``channel_moments``, ``channel_grad_sums``; ``channel_sums.h``),
+used by ``ops.hand.batch_norm`` where ``sums_apply``.
+
 ``correlate(x, w, spec)`` is differentiable to any order: each of the three is linear in each
 argument, and the vector-Jacobian products of each are the other two (derived at
 ``_forward``), so grad-of-grad stays on oneDNN too.

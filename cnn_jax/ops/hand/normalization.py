@@ -1,4 +1,4 @@
-"""Batch normalisation with a hand-written backward pass, its channel sums done as matmuls.
+"""Batch normalisation with a hand-written backward pass and fast channel sums.
 
 Same signature, checks and forward value (up to summation order) as
 ``cnn_jax.ops.batch_norm``. Why a second formulation: XLA's CPU backend runs a reduction over
@@ -6,7 +6,11 @@ every axis but the channels on one thread at ~5 GB/s (``jnp.sum(x, (0, 1, 2))`` 
 ``(128, 16, 16, 32)`` float32 array: 0.80 ms), while the same sum written as
 ``ones @ x.reshape(M, C)`` goes to the matmul library (0.14-0.19 ms; ``python -m
 bench.batch_norm``, docs/benchmarks.md). Forward and backward need two such sums each;
-autodiff of the reference runs them as XLA's reductions.
+autodiff of the reference runs them as XLA's reductions. Where the FFI library runs
+(float32, channels a multiple of 8: ``cnn_jax.ops.onednn.sums_apply``) the sums are its
+one-pass kernels instead (``onednn.channel_moments`` / ``channel_grad_sums``): the matmul
+needs each product it sums written to memory first, the kernels read their inputs once
+(ResNet-56 step 1.19x -> 1.35x torch, docs/benchmarks.md, tenth session).
 
 Derivation, per channel, with ``M`` entries ``x_i``, ``μ = Σx/M``, ``σ² = Σ(x-μ)²/M``,
 ``r = 1/sqrt(σ² + ε)``, ``x̂ = (x - μ) r``, ``y = x̂ γ + β``, cotangents ``g = dL/dy`` and
