@@ -379,3 +379,44 @@ def test_windows_cover_every_tap_once():
   expected = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 6]])
   np.testing.assert_array_equal(np.asarray(patches), expected)
 
+
+
+# Shapes on which XLA's CPU float32 convolution with a negative low padding returned wrong
+# values or garbage (jax 0.10.2): (x shape, w shape, padding).
+_CROP_CASES = {1: ((3, 13, 3), (2, 3, 4), ((3, 0),)),
+               2: ((2, 6, 9, 3), (3, 2, 3, 2), ((5, 0), (4, 0)))}
+
+
+@pytest.mark.parametrize("namespace", ["ops", "ops.hand"])
+@pytest.mark.parametrize("num_dims", [1, 2])
+def test_float32_gradients_with_padding_wider_than_the_kernel_equal_float64(rng, namespace,
+                                                                            num_dims):
+  # The input gradient of a correlation padded wider than its kernel crops: a negative low
+  # padding in its convolution, which XLA's CPU float32 convolutions get wrong. ops moves the
+  # excess into jnp.pad, ops.hand crops with a slice. XLA's own convolutions here (oneDNN
+  # off). One known-bad shape, then random ones of the family that fails (stride 1, no
+  # dilation, low pad >= kernel, high pad < kernel: ~15% of them failed before the fix).
+  from cnn_jax.ops import hand, onednn  # pylint: disable=g-import-not-at-top
+  module = hand if namespace == "ops.hand" else ops
+  cases = [_CROP_CASES[num_dims]]
+  for _ in range(4):
+    kernel = tuple(int(k) for k in rng.integers(1, 4, num_dims))
+    cases.append(((2,) + tuple(int(n) for n in rng.integers(4, 10, num_dims)) + (3,),
+                  kernel + (3, 2),
+                  tuple((int(rng.integers(k, k + 4)), int(rng.integers(0, k))) for k in kernel)))
+  for x_shape, w_shape, padding in cases:
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    with onednn.use(False):
+      y, vjp = jax.vjp(lambda x, w, padding=padding: module.correlate(x, w, padding=padding),
+                       *(jnp.asarray(a, jnp.float32) for a in (x, w)))
+    g = rng.standard_normal(y.shape)
+    with jax.enable_x64(True):
+      y64, vjp64 = jax.vjp(lambda x, w, padding=padding: ops.correlate(x, w, padding=padding),
+                           x, w)
+      want = (y64,) + vjp64(jnp.asarray(g))
+    for got, ref in zip((y,) + vjp(jnp.asarray(g, jnp.float32)), want):
+      # float32 against float64 sums of at most 3*3*3*4 = 108 products of unit normals: ~1e-6
+      # of the largest entry; the bug this guards against was off by 50% or more.
+      scale = float(np.max(np.abs(ref)))
+      error = float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(ref))))
+      assert error <= 1e-5 * scale, (padding, x_shape, w_shape)

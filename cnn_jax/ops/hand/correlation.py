@@ -152,6 +152,20 @@ def _place_tap(tap, offset, spec: correlation.WindowSpec, padded):
   return lax.pad(tap, jnp.array(0, tap.dtype), widths)
 
 
+def _stride1_conv(lhs, rhs, pads, **kwargs):
+  """``lax.conv_general_dilated`` with window stride 1 and ``pads`` that may be negative (a
+  crop): the conv runs with the negative parts as 0 and its result is sliced instead. XLA's
+  CPU float32 convolutions compute wrong values with a negative low padding (jax 0.10.2; up to
+  garbage, docs/gradients.md); with stride 1, cropping ``c`` positions of the (dilated) input
+  crops ``c`` positions of the output."""
+  clipped = [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
+  y = lax.conv_general_dilated(lhs, rhs, window_strides=(1,) * len(pads), padding=clipped,
+                               **kwargs)
+  crop = tuple(slice(max(-lo, 0), y.shape[1 + dim] - max(-hi, 0))
+               for dim, (lo, hi) in enumerate(pads))
+  return y[(slice(None),) + crop]
+
+
 def _dimension_numbers(num_dims):
   letters = _SPATIAL_LETTERS[num_dims]
   return ("N" + letters + "C", letters + "IO", "N" + letters + "C")
@@ -221,9 +235,9 @@ def correlate_input_grad_polyphase(g, w, spec: correlation.WindowSpec, x_shape, 
     kernel = _swap_channels(correlation.flip_kernel(sub), groups)
     # FULL correlation: taps - 1 zeros in front; g is cut or zero-extended to the grid behind.
     pads = [(t - 1, q - m) for t, q, m in zip(taps, grid, g.shape[1:-1])]
-    phases[phase] = lax.conv_general_dilated(
-        g, kernel, window_strides=(1,) * num_dims, padding=pads,
-        dimension_numbers=_dimension_numbers(num_dims), feature_group_count=groups)
+    phases[phase] = _stride1_conv(
+        g, kernel, pads, dimension_numbers=_dimension_numbers(num_dims),
+        feature_group_count=groups)
   some = next(iter(phases.values()))
   stacked = jnp.stack([phases.get(phase, jnp.zeros_like(some))
                        for phase in itertools.product(*(range(s) for s in spec.stride))])
@@ -246,7 +260,8 @@ def correlate_input_grad_dilated(g, w, spec: correlation.WindowSpec, x_shape, gr
   (pad ``e-1`` both sides) of ``g_s`` with the kernel flipped in space and its in/out channels
   swapped (per group). Positions past ``(m-1)s + e`` were never read (stride does not divide),
   so they get zeros (extra high padding ``r``); padding is then cropped (zeros) or folded back
-  (circular). For zero padding the crop is folded into the conv's padding, which may be negative.
+  (circular). For zero padding the crop is folded into the conv's padding, which may be negative
+  (``_stride1_conv`` does it as a slice: XLA's CPU float32 convolutions get negative padding wrong).
 
   Args:
     g: ``(N, *out_spatial, C_out)``.
@@ -273,11 +288,9 @@ def correlate_input_grad_dilated(g, w, spec: correlation.WindowSpec, x_shape, gr
   # program, not inside loop bodies such as ``nn.scan``'s, where a relabelled conv runs ~30x
   # slower (docs/benchmarks.md, "Why autodiff inside `nn.scan` is slow on CPU").
   kernel = _swap_channels(correlation.flip_kernel(w), groups)
-  dx = lax.conv_general_dilated(
-      g, kernel, window_strides=(1,) * spec.num_dims, padding=pads,
-      lhs_dilation=spec.stride, rhs_dilation=spec.dilation,
-      dimension_numbers=_dimension_numbers(spec.num_dims),
-      feature_group_count=groups)
+  dx = _stride1_conv(
+      g, kernel, pads, lhs_dilation=spec.stride, rhs_dilation=spec.dilation,
+      dimension_numbers=_dimension_numbers(spec.num_dims), feature_group_count=groups)
   return unpad(dx, spec) if spec.circular else dx
 
 
