@@ -51,7 +51,9 @@ def reference_batch_norm_in_hand_ops():
   from cnn_jax import ops  # pylint: disable=g-import-not-at-top
   from cnn_jax.ops import hand  # pylint: disable=g-import-not-at-top
   fast = hand.batch_norm
-  hand.batch_norm = ops.batch_norm
+  # ``sums`` (the native channel sums a layer may pass) has no meaning for the reference.
+  hand.batch_norm = lambda x, scale, bias, *, epsilon=1e-5, sums=None: ops.batch_norm(
+      x, scale, bias, epsilon=epsilon)
   try:
     yield
   finally:

@@ -32,7 +32,7 @@ Formulations (``x``: ``(N, H, W, C)``, ``w``: ``(3, 3, C, O)``, cotangent ``g``:
     dw/patches       lax.conv_general_dilated_patches, then patches^T (9C, N Ho Wo) @ g
     dw/slices        9 strided slices concatenated (no conv), then one matmul (9C, NP) @ (NP, O)
     dw/taps          one (C, N Ho Wo) @ (N Ho Wo, O) matmul per tap, stacked
-  on oneDNN through XLA's FFI (cnn_jax.ops.onednn; listed first, and only where it is built)
+  on oneDNN through XLA's FFI (cnn_jax.native, direct algorithm; listed first, only where built)
     fwd/onednn, dx/onednn, dw/onednn
 """
 
@@ -145,11 +145,12 @@ def formulations(stride: int):
             .reshape(-1, x.shape[-1]).T @ g2 for i in range(3) for j in range(3)]
     return jnp.stack(taps).reshape(w.shape)
 
-  from cnn_jax.ops import correlation, onednn  # pylint: disable=g-import-not-at-top
+  from cnn_jax import native  # pylint: disable=g-import-not-at-top
+  from cnn_jax.ops import correlation  # pylint: disable=g-import-not-at-top
 
   def fwd_onednn(x, w):
     spec = correlation.window_spec(x.shape, (3, 3), stride, PAD, 1)
-    return onednn.correlate(x, w, spec)
+    return native.correlate(x, w, spec, tile=0)
 
   def dx_onednn(x, w, g):
     return jax.vjp(lambda x_: fwd_onednn(x_, w), x)[1](g)[0]
@@ -158,7 +159,7 @@ def formulations(stride: int):
     return jax.vjp(lambda w_: fwd_onednn(x, w_), w)[1](g)[0]
 
   library = {"fwd/onednn": (fwd_onednn, ("x", "w")), "dx/onednn": (dx_onednn, ("x", "w", "g")),
-             "dw/onednn": (dw_onednn, ("x", "w", "g"))} if onednn.available() else {}
+             "dw/onednn": (dw_onednn, ("x", "w", "g"))} if native.available() else {}
   return library | {
       "fwd/xla": (fwd_xla, ("x", "w")), "fwd/nchw": (fwd_nchw, ("x_nchw", "w_oihw")),
       "fwd/im2col": (fwd_im2col, ("x", "w")),
@@ -190,7 +191,7 @@ def study_layer(name: str, batch: int, repeats: int, only=None,
   arrays["w_oihw"] = jnp.transpose(arrays["w"], (3, 2, 0, 1))
   funcs = {k: v for k, v in formulations(stride).items() if only is None or k in only}
   from cnn_jax.train import steps  # pylint: disable=g-import-not-at-top
-  options = steps.compiler_options(cpu_convolutions)
+  options = steps.compiler_options(ynnpack_convolutions=cpu_convolutions == "xla_default")
   jitted = {k: (jax.jit(f, compiler_options=options), [arrays[a] for a in names])
             for k, (f, names) in funcs.items()}
   reference = {}

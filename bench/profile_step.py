@@ -1,7 +1,7 @@
 """Where a ResNet train step's time goes: XLA ops summed by kind, from a JAX profiler trace.
 
   python -m bench.profile_step --depth=20 --batch=128 --grad=hand --cores=1 [--top=15]
-      [--cpu_convolutions=eigen] [--steps=2] [--json]
+      [--kernels=auto|xla|native:ALGORITHM] [--steps=2] [--json]
 
 Compiles the same step as ``bench.train_step`` (project model, SGD momentum, the trainer's
 XLA options), runs it ``--steps`` times under ``jax.profiler.trace(...,
@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 
-from bench.train_step import CPU_CONVOLUTIONS
 
 _CONTAINERS = ("ThunkExecutor", "$", "end: ", "PjitFunction", "CommonPjRt", "ParseArguments",
                "Handle inputs", "SlinkyThreadPool")
@@ -57,9 +56,8 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--grad", default="hand", choices=("hand", "autodiff"))
-  parser.add_argument("--cpu_convolutions", default="onednn",
-                      choices=CPU_CONVOLUTIONS,
-                      help="as the trainer's (cnn_jax.train.steps.CPU_CONVOLUTIONS)")
+  parser.add_argument("--kernels", default="auto",
+                      help="as bench.train_step's --kernels (one value; default the trainer's)")
   parser.add_argument("--cores", type=int, default=1,
                       help="pin to this many cores (0: leave the affinity alone)")
   parser.add_argument("--steps", type=int, default=2, help="profiled steps")
@@ -83,13 +81,11 @@ def main(argv=None):
   from cnn_jax.train import steps as steps_lib  # pylint: disable=g-import-not-at-top
 
   model_args = train_step._parse([f"--depth={args.depth}", f"--batch={args.batch}",  # pylint: disable=protected-access
-                                  f"--image_size={args.image_size}", f"--grad={args.grad}"])
-  model, _ = train_step.build_model(model_args, args.grad)
-  step, _ = train_step.make_jax_trainer(
-      model, args.batch, args.image_size, 1,
-      xla_options=steps_lib.compiler_options(args.cpu_convolutions),
-      use_onednn=steps_lib.uses_onednn(args.cpu_convolutions, 1),
-      winograd=steps_lib.winograd_tile(args.cpu_convolutions))
+                                  f"--image_size={args.image_size}", f"--grad={args.grad}",
+                                  f"--kernels={args.kernels}"])
+  model, _ = train_step.build_model(model_args, args.grad, kernels=args.kernels)
+  step, _ = train_step.make_jax_trainer(model, args.batch, args.image_size, 1,
+                                        xla_options=steps_lib.compiler_options())
   step().block_until_ready()
   start = time.perf_counter()
   for _ in range(args.steps):
@@ -106,13 +102,13 @@ def main(argv=None):
     ops = summarize_trace(trace_file, args.steps)
   summed = sum(v["ms_per_step"] for v in ops.values())
   result = {"model": f"resnet{args.depth}", "grad": args.grad, "batch": args.batch,
-            "cpu_convolutions": args.cpu_convolutions, "cores": len(os.sched_getaffinity(0)),
+            "kernels": args.kernels, "cores": len(os.sched_getaffinity(0)),
             "step_s": step_s, "summed_ms_per_step": summed, "ops": ops}
   if args.json:
     print(json.dumps(result))
     return
-  print(f"resnet{args.depth} grad={args.grad} batch {args.batch}, cpu_convolutions="
-        f"{args.cpu_convolutions}, {result['cores']} core(s): step {step_s:.3f} s unprofiled, "
+  print(f"resnet{args.depth} grad={args.grad} batch {args.batch}, kernels="
+        f"{args.kernels}, {result['cores']} core(s): step {step_s:.3f} s unprofiled, "
         f"op events {summed:.0f} ms per step")
   for kind, v in list(ops.items())[:args.top]:
     print(f"  {v['ms_per_step']:9.1f} ms  {100 * v['ms_per_step'] / summed:5.1f}%  "

@@ -3,7 +3,7 @@
   python -m bench.train_step --model=resnet --depth=20 --batch=128 [--json] \
       [--compare=torch] [--torch_threads=T,...] [--steps=N] [--repeats=R]
       [--grad=autodiff,hand,...] [--devices=D,...]
-      [--cpu_convolutions=onednn,onednn_direct,onednn_winograd4,eigen,xla_default]
+      [--kernels=auto,xla,native:direct,native:winograd2,native:auto_winograd4,...]
       [--dtype=float32,bfloat16]
       [--[no]scan | --blocks=scan,unrolled] [--compile_only] [--matmul [--matmul_size=4096]]
 
@@ -32,14 +32,14 @@ splits the batch over ``D`` fake CPU devices
 all-reduce, the same function as on one device). ``--grad`` and ``--devices`` take
 comma-separated lists; every combination is compiled and timed, alternating, in one process
 (so ``--devices=1,2`` compares one device with two fake ones under the same load).
-The step is compiled with the trainer's XLA options (``cnn_jax.train.steps.compiler_options``)
-and, by default, the trainer's ``cpu_convolutions="onednn"``: the hand ops' convolutions on
-oneDNN where it is built (one device), the stride-1 3x3 ones as Winograd F(2x2, 3x3), XLA's
-own in Eigen; ``--cpu_convolutions=onednn,onednn_direct,onednn_winograd4,eigen,xla_default``
-times each choice in the same run (``onednn_direct``: oneDNN's direct algorithm for every
-layer, the default before the ninth session; ``onednn_winograd4``: F(4x4, 3x3) where the
-sizes are multiples of 4; ``eigen``: every convolution in XLA's Eigen, the default before the
-seventh; ``xla_default``: XLA's own choice, YNNPACK above 16 channels).
+With no ``--grad`` and ``--kernels`` the step is the trainer's default path
+(``experiments/configs/default.py``: ``grad="hand"``, ``kernels="auto"``,
+``conv_algorithm="auto"``: the native kernels where they apply, cnn_jax/native), compiled
+with the trainer's XLA options (``cnn_jax.train.steps.compiler_options``).
+``--kernels=auto,xla,native:direct,...`` times each choice in the same run: ``xla`` the pure
+ops (the path on GPU/TPU), ``native:ALGORITHM`` the native kernels with that
+``conv_algorithm`` (``cnn_jax.native.CONV_ALGORITHMS``). Every figure is printed with the CPU
+model (``lscpu``) it was measured on.
 """
 
 from __future__ import annotations
@@ -55,9 +55,30 @@ import numpy as np
 
 
 GRADS = ("autodiff", "hand", "hand-conv", "hand-taps")
-# The trainer's choices (cnn_jax.train.steps.CPU_CONVOLUTIONS), spelled out: the bench runs
-# without the project package too.
-CPU_CONVOLUTIONS = ("onednn", "onednn_direct", "onednn_winograd4", "eigen", "xla_default")
+# The trainer's kernel choices (cnn_jax.native.KERNELS, CONV_ALGORITHMS), spelled out: the
+# bench runs without the project package too.
+KERNEL_CHOICES = ("auto", "xla") + tuple(
+    f"native:{a}" for a in ("auto", "auto_winograd4", "direct", "winograd2", "winograd4"))
+
+
+def cpu_model() -> str:
+  """``lscpu``'s model name (``/proc/cpuinfo`` where lscpu is missing), for every figure."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines():
+      if line.startswith("Model name:"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown CPU"
 
 
 def _parse(argv):
@@ -69,9 +90,9 @@ def _parse(argv):
   parser.add_argument("--steps", type=int, default=5, help="timed steps per repetition")
   parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions")
   parser.add_argument("--compare", default="", help="'torch' to time the PyTorch twin too")
-  parser.add_argument("--grad", default="autodiff",
-                      help="comma-separated: autodiff, hand (ops.hand, weight_method=auto), "
-                      "hand-conv, hand-taps (twin only: that weight_method)")
+  parser.add_argument("--grad", default="hand",
+                      help="comma-separated: autodiff, hand (ops.hand, weight_method=auto; the "
+                      "trainer's default), hand-conv, hand-taps (twin only: that weight_method)")
   parser.add_argument("--impl", default="auto", choices=("auto", "project", "twin"))
   parser.add_argument("--devices", default="1",
                       help="comma-separated numbers of fake CPU devices to split the batch over")
@@ -85,14 +106,11 @@ def _parse(argv):
                       help="comma-separated: scan, unrolled; time each (as --scan / --noscan) "
                       "in the same run; scan runs stages of >= min_scanned_blocks (9) repeated "
                       "blocks under nn.scan, so ResNet-56 is unrolled either way")
-  parser.add_argument("--cpu_convolutions", default="onednn",
-                      help="comma-separated: onednn (the trainer's default: the hand ops' "
-                      "convolutions on oneDNN where built, cnn_jax.ops.onednn, the stride-1 3x3 "
-                      "ones as Winograd F(2x2,3x3); XLA's own in Eigen), onednn_direct (the same "
-                      "without Winograd), onednn_winograd4 (F(4x4,3x3) where sizes allow), "
-                      "eigen (XLA's CPU backend runs every convolution with Eigen), "
-                      "xla_default (XLA's choice: YNNPACK above 16 channels); see "
-                      "cnn_jax.train.steps.CPU_CONVOLUTIONS")
+  parser.add_argument("--kernels", default="auto",
+                      help="comma-separated: auto (the trainer's default: kernels=auto, "
+                      "conv_algorithm=auto), xla (the pure ops), native:ALGORITHM (kernels=native "
+                      "with conv_algorithm=ALGORITHM: auto, auto_winograd4, direct, winograd2, "
+                      "winograd4); see cnn_jax/native/choice.py")
   parser.add_argument("--dtype", default="float32",
                       help="comma-separated compute dtypes of the project model: float32, "
                       "bfloat16 (parameters stay float32; the twin is float32 only)")
@@ -139,11 +157,11 @@ def _parse(argv):
       parser.error(f"--blocks: {value!r} is not allowed: give some of scan, unrolled")
   if args.blocks and args.scan is not None:
     parser.error("--blocks and --[no]scan are not allowed together: give one")
-  args.cpu_convolutions_list = args.cpu_convolutions.split(",")
-  for value in args.cpu_convolutions_list:
-    if value not in CPU_CONVOLUTIONS:
-      parser.error(f"--cpu_convolutions: {value!r} is not allowed: give some of "
-                   f"{', '.join(CPU_CONVOLUTIONS)}")
+  args.kernels_list = args.kernels.split(",")
+  for value in args.kernels_list:
+    if value not in KERNEL_CHOICES:
+      parser.error(f"--kernels: {value!r} is not allowed: give some of "
+                   f"{', '.join(KERNEL_CHOICES)}")
   for devices in args.devices_list:
     if devices < 1 or args.batch % devices:
       parser.error(f"--devices: {devices} is not allowed: give ints >= 1 dividing "
@@ -156,11 +174,12 @@ def _parse(argv):
   return args
 
 
-def build_model(args, grad, dtype="float32"):
+def build_model(args, grad, dtype="float32", kernels="auto", devices=1):
   """The project model if importable (or asked for), else the bench twin; returns (model, name).
 
   ``grad`` is one of ``GRADS``; the "hand-*" variants differ only for the twin. ``dtype``:
-  the project model's compute dtype (``config.dtype``).
+  the project model's compute dtype (``config.dtype``). ``kernels``: one of
+  ``KERNEL_CHOICES``, for the project model on ``devices`` devices.
   """
   if args.impl in ("auto", "project"):
     try:
@@ -175,9 +194,11 @@ def build_model(args, grad, dtype="float32"):
       config.grad = "hand" if grad.startswith("hand") else "autodiff"
       config.shortcut, config.image_size, config.dtype = "A", args.image_size, dtype
       config.scan_blocks = config.grad == "hand" if args.scan is None else args.scan
+      config.kernels, _, config.conv_algorithm = kernels.partition(":")
+      config.conv_algorithm = config.conv_algorithm or "auto"
       with config.unlocked():
         config.num_classes = 10
-      return models.build(config), "cnn_jax.models"
+      return models.build(config, num_devices=devices), "cnn_jax.models"
   if dtype != "float32":
     raise ValueError(f"dtype={dtype!r}: the bench twin computes in float32 only")
   from bench import resnet_twin  # pylint: disable=g-import-not-at-top
@@ -193,14 +214,10 @@ def build_model(args, grad, dtype="float32"):
 
 
 def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum=0.9,
-                     weight_decay=1e-4, run_once=True, xla_options=None, use_onednn=False,
-                     winograd=2):
+                     weight_decay=1e-4, run_once=True, xla_options=None):
   """Compiles a donated SGD-momentum train step; returns ``(step, compile_seconds)``.
 
-  ``xla_options``: XLA compiler options for the step (``cnn_jax.train.steps.compiler_options``);
-  ``use_onednn``, ``winograd``: the hand ops' convolutions on oneDNN where they can, the
-  stride-1 3x3 ones as Winograd with output tiles up to ``winograd`` (0: none)
-  (``cnn_jax.train.steps.uses_onednn``).
+  ``xla_options``: XLA compiler options for the step (``cnn_jax.train.steps.compiler_options``).
 
   ``step()`` runs one step and returns the loss (a device array, not waited for).
   """
@@ -242,11 +259,8 @@ def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum
   x, y = jax.device_put(images, sharded), jax.device_put(labels, sharded)
   jitted = jax.jit(train_step, donate_argnums=0, in_shardings=(replicated, sharded, sharded),
                    out_shardings=(replicated, replicated), compiler_options=xla_options)
-  from cnn_jax.ops import onednn  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  with onednn.use(use_onednn, winograd=winograd):  # read while tracing
-    lowered = jitted.lower(state, x, y)
-  compiled = lowered.compile()
+  compiled = jitted.lower(state, x, y).compile()
   compile_seconds = time.perf_counter() - start
   holder = {"state": state}
 
@@ -268,10 +282,10 @@ def _time_steps(step, steps, wait):
 
 
 def _variants(args):
-  """(grad, devices, cpu_convolutions, dtype, blocks) to time, from the comma-separated
-  ``--grad``, ``--devices``, ``--cpu_convolutions``, ``--dtype`` and ``--blocks``."""
+  """(grad, devices, kernels, dtype, blocks) to time, from the comma-separated
+  ``--grad``, ``--devices``, ``--kernels``, ``--dtype`` and ``--blocks``."""
   return [(g, d, c, t, b) for b in args.blocks_list for t in args.dtype_list
-          for c in args.cpu_convolutions_list for d in args.devices_list for g in args.grad_list]
+          for c in args.kernels_list for d in args.devices_list for g in args.grad_list]
 
 
 def with_blocks(args, blocks):
@@ -304,24 +318,23 @@ def run(args) -> dict:
 
   runners, compile_seconds, impl = {}, {}, None
   from cnn_jax.train import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  for grad, devices, cpu_convolutions, dtype, blocks in _variants(args):
+  for grad, devices, kernels, dtype, blocks in _variants(args):
     label = f"jax_{grad}_{devices}dev"
     if len(args.blocks_list) > 1:
       label += f"_{blocks}"
-    if len(args.cpu_convolutions_list) > 1:
-      label += f"_{cpu_convolutions}"
+    if len(args.kernels_list) > 1:
+      label += f"_{kernels.replace(':', '_')}"
     if dtype != "float32":
       label += f"_{dtype}"
-    model, impl = build_model(with_blocks(args, blocks), grad, dtype)
+    model, impl = build_model(with_blocks(args, blocks), grad, dtype, kernels, devices)
     step, compile_seconds[label] = make_jax_trainer(
         model, args.batch, args.image_size, devices, run_once=not args.compile_only,
-        xla_options=steps_lib.compiler_options(cpu_convolutions),
-        use_onednn=steps_lib.uses_onednn(cpu_convolutions, devices),
-        winograd=steps_lib.winograd_tile(cpu_convolutions))
+        xla_options=steps_lib.compiler_options())
     runners[label] = (step, lambda out: out.block_until_ready())
   if args.compile_only:
     return {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,
             "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+            "cpu_model": cpu_model(),
             "compile_s": compile_seconds[next(iter(compile_seconds))],
             "variants": {k: {"compile_s": v} for k, v in compile_seconds.items()},
             "load_avg": os.getloadavg()[0]}
@@ -356,7 +369,7 @@ def run(args) -> dict:
   first = next(iter(compile_seconds))
   result = {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,
             "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-            "jax_devices": len(jax.devices()), "forward_mflops_per_image": flops / 1e6,
+            "cpu_model": cpu_model(), "jax_devices": len(jax.devices()), "forward_mflops_per_image": flops / 1e6,
             "images_per_s": variants[first]["images_per_s"],
             "gflops": variants[first]["gflops"], "compile_s": compile_seconds[first],
             "variants": variants}
@@ -394,7 +407,7 @@ def main(argv=None):
     print(json.dumps(result))
     return
   print(f"{result['model']} ({result['impl']}) on {result['backend']} "
-        f"({result['device_kind']}), batch {args.batch}, median of "
+        f"({result['cpu_model']}), batch {args.batch}, median of "
         f"{args.repeats} alternating repetitions x {args.steps} steps, "
         f"load avg {result['load_avg']:.2f}")
   for name, v in result["variants"].items():

@@ -9,6 +9,11 @@ connected kernels ``(*out_spatial, *kernel, C_in, C_out)``.
 Every layer also exposes ``geometry(input_shape)``: its resolved kernel, stride, padding and
 dilation for an input shape, used by ``cnn_jax.analysis.counting`` for the layer table and
 receptive fields, so that the accounting never re-derives a layer's arithmetic on its own.
+
+``Conv`` and ``BatchNorm`` also take ``kernels`` (``cnn_jax.native.Kernels``, resolved from the
+config by ``models.build``): where it says so, a convolution runs on the native kernels
+(``cnn_jax.native.correlate``) and BatchNorm's channel sums on their one-pass kernels; the
+default, ``native.XLA``, runs the ops alone.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax import ops
+from cnn_jax import native, ops
 from cnn_jax.ops import shapes
 
 IntOrSeq = Union[int, Sequence[int]]
@@ -63,6 +68,8 @@ class Conv(nn.Module):
     strides, padding, dilation, groups: as in ``ops.correlate``.
     use_bias: add a learned per-channel bias (off before a BatchNorm, which has its own).
     grad: ``"autodiff"`` or ``"hand"`` (see ``ops.for_grad``).
+    kernels: where the native kernels run (``cnn_jax.native.conv_tile`` decides for this
+      layer's shapes; it raises a one-line ``ValueError`` where a forced choice does not fit).
     kernel_init: initialiser of the ``(*kernel, C_in // groups, C_out)`` kernel (He fan-in).
     dtype: compute dtype; parameters are kept in float32.
   """
@@ -74,6 +81,7 @@ class Conv(nn.Module):
   groups: int = 1
   use_bias: bool = True
   grad: str = "autodiff"
+  kernels: native.Kernels = native.XLA
   kernel_init: Callable[..., Any] = he_normal
   bias_init: Callable[..., Any] = nn.initializers.zeros
   dtype: Any = jnp.float32
@@ -92,9 +100,17 @@ class Conv(nn.Module):
                        f"divides C_in={c_in} and features={self.features}.")
     w = self.param("kernel", self.kernel_init, kernel + (c_in // self.groups, self.features),
                    jnp.float32)
-    op = ops.for_grad(self.grad)
-    y = op.correlate(x.astype(self.dtype), w.astype(self.dtype), stride=self.strides,
-                     padding=self.padding, dilation=self.dilation, groups=self.groups)
+    x, w = x.astype(self.dtype), w.astype(self.dtype)
+    tile = None
+    if self.kernels.native:
+      spec = ops.correlation.window_spec(x.shape, kernel, self.strides, self.padding,
+                                         self.dilation)
+      tile = native.conv_tile(self.kernels, x, w, spec, self.groups)
+    if tile is None:
+      y = ops.for_grad(self.grad).correlate(x, w, stride=self.strides, padding=self.padding,
+                                            dilation=self.dilation, groups=self.groups)
+    else:
+      y = native.correlate(x, w, spec, tile)
     if self.use_bias:
       b = self.param("bias", self.bias_init, (self.features,), jnp.float32)
       y = y + b.astype(self.dtype).reshape((1,) * (y.ndim - 1) + (self.features,))
@@ -226,6 +242,8 @@ class BatchNorm(nn.Module):
     dtype: of the output (default: the input's).
     scale_init: of the scale (ones; zeros to start a residual branch at 0).
     grad: ``"autodiff"`` or ``"hand"`` (``ops.hand.batch_norm``, channel sums as matmuls).
+    kernels: with ``grad="hand"``, where it runs the native kernels the channel sums are their
+      one-pass kernels (``cnn_jax.native.CHANNEL_SUMS``).
   """
   use_running_average: Optional[bool] = None
   momentum: float = 0.99
@@ -233,6 +251,7 @@ class BatchNorm(nn.Module):
   dtype: Any = None
   scale_init: Callable = nn.initializers.ones
   grad: str = "autodiff"
+  kernels: native.Kernels = native.XLA
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: Optional[bool] = None) -> jax.Array:
@@ -249,7 +268,11 @@ class BatchNorm(nn.Module):
       y = ((x - ops.per_channel(ra_mean.value, x.ndim))
            * ops.per_channel(inv_std * scale, x.ndim) + ops.per_channel(bias, x.ndim))
       return y.astype(dtype)
-    y, mean, var = ops.for_grad(self.grad).batch_norm(x, scale, bias, epsilon=self.epsilon)
+    if self.grad == "hand" and self.kernels.native:
+      y, mean, var = ops.for_grad("hand").batch_norm(x, scale, bias, epsilon=self.epsilon,
+                                                     sums=native.CHANNEL_SUMS)
+    else:
+      y, mean, var = ops.for_grad(self.grad).batch_norm(x, scale, bias, epsilon=self.epsilon)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

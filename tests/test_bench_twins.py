@@ -58,10 +58,9 @@ def test_torch_twin_has_same_parameter_count():
 
 
 def test_profile_step_sums_the_ops_of_a_real_trace(capsys):
-  pytest.importorskip("cnn_jax.ops.onednn")
-  from cnn_jax.ops import onednn  # pylint: disable=g-import-not-at-top
-  if not onednn.available():
-    pytest.skip(f"oneDNN convolutions unavailable: {onednn.unavailable_reason()}")
+  from cnn_jax import native  # pylint: disable=g-import-not-at-top
+  if not native.available():
+    pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
   """bench.profile_step profiles a tiny ResNet step and attributes time to XLA op kinds:
   the convolutions appear under their kinds, and the op kinds' counts are per step."""
   import json  # pylint: disable=g-import-not-at-top
@@ -71,8 +70,8 @@ def test_profile_step_sums_the_ops_of_a_real_trace(capsys):
   result = json.loads(capsys.readouterr().out)
   ops = result["ops"]
   assert result["step_s"] > 0 and result["summed_ms_per_step"] > 0
-  assert result["cpu_convolutions"] == "onednn"
-  # ResNet-8 has 7 convs + 2 shortcut pads; with the default cpu_convolutions=onednn each runs
+  assert result["kernels"] == "auto"
+  # ResNet-8 has 7 convs + 2 shortcut pads; with the default kernels=auto each runs
   # its forward (and backward) products as FFI calls, at least one per layer each step.
   assert ops["ffi_call"]["count_per_step"] >= 7
   assert not any(kind.endswith(tuple("0123456789")) and "." in kind for kind in ops)

@@ -14,7 +14,7 @@ from jax import test_util as jtu
 
 from cnn_jax import ops
 from cnn_jax.analysis import gradcheck
-from cnn_jax.ops import correlation, hand, onednn
+from cnn_jax.ops import correlation, hand
 from cnn_jax.ops.hand import correlation as hand_correlation
 from experiments import gradcheck as gradcheck_experiment
 from experiments.configs import gradcheck as gradcheck_config
@@ -276,9 +276,7 @@ def test_hand_backward_convs_stay_canonical_inside_a_scan(rng, stride):
       return jnp.repeat(jnp.repeat(y, stride, 1), stride, 2), None
     return jnp.sum(jax.lax.scan(body, x, ws)[0] ** 2)
 
-  # The XLA path (where oneDNN does not apply: groups, bfloat16, 3-D, off CPU): switched off.
-  with onednn.use(False):
-    hlo = jax.jit(jax.grad(loss)).lower(ws, x).compile().as_text()
+  hlo = jax.jit(jax.grad(loss)).lower(ws, x).compile().as_text()
   convs = [line for line in hlo.splitlines() if " convolution(" in line]
   assert len(convs) >= 3  # forward, dL/dx and dL/dw
   labels = {line.split("dim_labels=")[1].split(",")[0].split(" ")[0] for line in convs}

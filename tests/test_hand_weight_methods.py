@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import ops
-from cnn_jax.ops import hand, onednn
+from cnn_jax.ops import hand
 from cnn_jax.ops.hand import correlation as hand_correlation
 
 # (spatial size, kernel, stride, padding, dilation, groups): 1-, 2- and 3-D, stride 1/2/3,
@@ -79,8 +79,7 @@ def test_float32_resnet_layer_under_jit(rng, method):
 
   want = jax.grad(lambda x_, w_: loss(ops.correlate, x_, w_), argnums=(0, 1))(x, w)
   corr = lambda *a, **k: hand.correlate(*a, weight_method=method, **k)
-  with onednn.use(False):  # the XLA path, where weight_method chooses (else oneDNN runs it)
-    got = jax.jit(jax.grad(lambda x_, w_: loss(corr, x_, w_), argnums=(0, 1)))(x, w)
+  got = jax.jit(jax.grad(lambda x_, w_: loss(corr, x_, w_), argnums=(0, 1)))(x, w)
   for g, r in zip(got, want):
     assert g.dtype == jnp.float32
     # float32: eps 1.2e-7 times up to 16*16*... summed terms; 1e-5 of the largest entry.
@@ -132,9 +131,8 @@ def test_auto_method_picks_by_channels_groups_and_kernel(rng):
       (2 * high, 2, 3): True, (4, 4, 3): True,  # grouped, any width
       (2 * high, 1, 1): True, (3, 1, 1): True,  # 1x1
   }
-  with onednn.use(False):  # weight_method chooses within the XLA path
-    for (c_in, groups, kernel), want in cases.items():
-      assert _auto_uses_taps(rng, c_in, groups, kernel) == want, (c_in, groups, kernel)
+  for (c_in, groups, kernel), want in cases.items():
+    assert _auto_uses_taps(rng, c_in, groups, kernel) == want, (c_in, groups, kernel)
 
 
 @pytest.mark.parametrize("batch,chunk", [(7, 2), (8, 4), (5, 1), (6, 6)])

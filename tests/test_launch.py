@@ -31,8 +31,10 @@ def _launch(*args, cwd):
     (["--experiment=summary", "--parallel_with=threads"],
      ["--parallel_with=threads is not allowed for --experiment=summary", "pyplot"]),
     (["--experiment=train", "--parallel_with=fibres"], ["parallel_with", "threads"]),
-    (["--experiment=train", "--config.cpu_convolutions=mkl"],
-     ["cpu_convolutions='mkl' is not allowed", "onednn, onednn_direct, onednn_winograd4, eigen, xla_default"]),
+    (["--experiment=train", "--config.kernels=mkl"],
+     ["kernels='mkl' is not allowed", "auto, xla, native"]),
+    (["--experiment=train", "--config.kernels=native", "--config.grad=autodiff"],
+     ["kernels='native' cannot run: grad='autodiff'", "auto, xla"]),
 ])
 def test_cli_misuse_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
   workdir = tmp_path / "out"

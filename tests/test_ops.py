@@ -393,10 +393,10 @@ def test_float32_gradients_with_padding_wider_than_the_kernel_equal_float64(rng,
                                                                             num_dims):
   # The input gradient of a correlation padded wider than its kernel crops: a negative low
   # padding in its convolution, which XLA's CPU float32 convolutions get wrong. ops moves the
-  # excess into jnp.pad, ops.hand crops with a slice. XLA's own convolutions here (oneDNN
-  # off). One known-bad shape, then random ones of the family that fails (stride 1, no
+  # excess into jnp.pad, ops.hand crops with a slice. XLA's own convolutions (ops.hand
+  # is pure JAX). One known-bad shape, then random ones of the family that fails (stride 1, no
   # dilation, low pad >= kernel, high pad < kernel: ~15% of them failed before the fix).
-  from cnn_jax.ops import hand, onednn  # pylint: disable=g-import-not-at-top
+  from cnn_jax.ops import hand  # pylint: disable=g-import-not-at-top
   module = hand if namespace == "ops.hand" else ops
   cases = [_CROP_CASES[num_dims]]
   for _ in range(4):
@@ -406,9 +406,8 @@ def test_float32_gradients_with_padding_wider_than_the_kernel_equal_float64(rng,
                   tuple((int(rng.integers(k, k + 4)), int(rng.integers(0, k))) for k in kernel)))
   for x_shape, w_shape, padding in cases:
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
-    with onednn.use(False):
-      y, vjp = jax.vjp(lambda x, w, padding=padding: module.correlate(x, w, padding=padding),
-                       *(jnp.asarray(a, jnp.float32) for a in (x, w)))
+    y, vjp = jax.vjp(lambda x, w, padding=padding: module.correlate(x, w, padding=padding),
+                     *(jnp.asarray(a, jnp.float32) for a in (x, w)))
     g = rng.standard_normal(y.shape)
     with jax.enable_x64(True):
       y64, vjp64 = jax.vjp(lambda x, w, padding=padding: ops.correlate(x, w, padding=padding),

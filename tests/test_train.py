@@ -390,17 +390,18 @@ def _conv_program(options):
   return jax.jit(conv, compiler_options=options).lower(x, w).compile().as_text()
 
 
-def test_cpu_convolutions_eigen_keeps_convolutions_out_of_ynnpack():
+def test_compiler_options_keep_convolutions_out_of_ynnpack():
   """The trainer's default compiler options make XLA's CPU backend run a convolution itself
   (Eigen) instead of in a YNNPACK fusion, which XLA's own default picks above 16 channels
   (docs/benchmarks.md, "Convolutions in Eigen, not YNNPACK")."""
   assert jax.default_backend() == "cpu"
-  default_text = _conv_program(steps_lib.compiler_options("xla_default"))
-  eigen_text = _conv_program(steps_lib.compiler_options("eigen"))
+  default_text = _conv_program(steps_lib.compiler_options(ynnpack_convolutions=True))
+  eigen_text = _conv_program(steps_lib.compiler_options())
   assert "__ynn_fusion" in default_text  # the premise: XLA's default uses YNNPACK here
   assert "__ynn_fusion" not in eigen_text
   assert "convolution(" in eigen_text
-  assert "xla_cpu_experimental_ynn_fusion_type" not in steps_lib.compiler_options("xla_default")
+  assert "xla_cpu_experimental_ynn_fusion_type" not in steps_lib.compiler_options(
+      ynnpack_convolutions=True)
 
 
 @pytest.mark.parametrize("model_name,depth", [("resnet", 8), ("local", 2)])
@@ -428,16 +429,18 @@ def test_state_created_with_fast_init_compile_options_is_bitwise_the_default(mod
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"seed {seed}")
 
 
-def test_cpu_convolutions_value_is_checked():
+def test_kernels_values_are_checked():
   from cnn_jax.train import loop  # pylint: disable=g-import-not-at-top
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
-  with pytest.raises(ValueError, match="cpu_convolutions='ynn' is not allowed: give one of "
-                     "onednn, onednn_direct, onednn_winograd4, eigen, xla_default"):
-    steps_lib.compiler_options("ynn")
   config = default.get_config()
-  config.cpu_convolutions = "mkl"
-  with pytest.raises(ValueError, match="cpu_convolutions='mkl' is not allowed"):
+  config.kernels = "mkl"
+  with pytest.raises(ValueError, match="kernels='mkl' is not allowed: give one of auto, xla, "
+                     "native"):
     loop.validate(config)
-  for value in ("onednn", "xla_default"):
-    config.cpu_convolutions = value
+  config.kernels, config.conv_algorithm = "xla", "fft"
+  with pytest.raises(ValueError, match="conv_algorithm='fft' is not allowed: give one of auto, "
+                     "auto_winograd4, direct, winograd2, winograd4"):
+    loop.validate(config)
+  for kernels in ("auto", "xla", "native"):
+    config.kernels, config.conv_algorithm = kernels, "direct"
     loop.validate(config)

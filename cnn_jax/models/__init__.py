@@ -16,6 +16,9 @@ float32 logits ``(N, config.num_classes)``. BatchNorm statistics live in ``batch
 
 Bad configs raise one-line ``ValueError``s naming the field, here or when the model first sees
 its input shape, before anything is traced.
+
+``build`` also resolves the config's ``kernels`` / ``conv_algorithm`` (``cnn_jax.native``) and
+gives the result to every layer as a module field: the kernels a model runs are part of it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Callable
 
 import flax.linen as nn
 
+from cnn_jax import native
 from cnn_jax.models import bottleneck, local, mlp, resnet, resnext, simple_cnn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -37,15 +41,18 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build(config) -> nn.Module:
+def build(config, *, num_devices: int | None = None) -> nn.Module:
   """The (unbound) Flax module that ``config.model`` names, with its hyper-parameters.
 
   Args:
     config: a ``ml_collections.ConfigDict`` (see ``experiments/configs/default.py``); reads
-      ``model``, ``num_classes`` and the model's own fields.
+      ``model``, ``num_classes``, ``kernels``, ``conv_algorithm`` and the model's own fields.
+    num_devices: devices the model will run on (default: all, ``jax.device_count()``); the
+      native kernels run on one (``native.resolve``).
 
   Raises:
-    ValueError: for an unknown model (listing the allowed names) or any bad field (naming it).
+    ValueError: for an unknown model (listing the allowed names) or any bad field (naming it),
+      including a ``kernels`` choice that cannot run here.
   """
   name = config.model
   if name not in MODELS:
@@ -53,4 +60,6 @@ def build(config) -> nn.Module:
   if "num_classes" not in config:
     raise ValueError("num_classes is missing from the config: set config.num_classes (the "
                      "trainer sets it from the dataset).")
-  return MODELS[name](config)
+  model = MODELS[name](config)
+  kernels = native.from_config(config, num_devices)
+  return model.clone(kernels=kernels) if hasattr(model, "kernels") else model

@@ -25,7 +25,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax import layers
+from cnn_jax import layers, native
 from cnn_jax.models import checks, stages
 from cnn_jax.models.resnet import validate_common
 
@@ -53,23 +53,29 @@ class BottleneckBlock(nn.Module):
   shortcut: str = "A"
   zero_init_residual: bool = False
   grad: str = "autodiff"
+  kernels: native.Kernels = native.XLA
   dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x, train: bool):
     dtype = stages.compute_dtype(self.dtype)
     conv = functools.partial(layers.Conv, padding="SAME", use_bias=False, grad=self.grad,
+                             kernels=self.kernels,
                              dtype=dtype)
     y = conv(self.inner_features, 1, name="conv1")(x)
-    y = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad)(y))
+    y = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad,
+                                  kernels=self.kernels)(y))
     y = conv(self.inner_features, 3, strides=self.strides, groups=self.groups, name="conv2")(y)
-    y = nn.relu(stages.batch_norm(train, dtype, name="bn2", grad=self.grad)(y))
+    y = nn.relu(stages.batch_norm(train, dtype, name="bn2", grad=self.grad,
+                                  kernels=self.kernels)(y))
     y = conv(self.features, 1, name="conv3")(y)
     y = stages.batch_norm(train, dtype, name="bn3",
-                          zero_scale=self.zero_init_residual, grad=self.grad)(y)
+                          zero_scale=self.zero_init_residual, grad=self.grad,
+                          kernels=self.kernels)(y)
     if self.residual:
       y = y + stages.shortcut(x, features=self.features, strides=self.strides,
-                              kind=self.shortcut, train=train, grad=self.grad, dtype=dtype)
+                              kind=self.shortcut, train=train, grad=self.grad,
+                              kernels=self.kernels, dtype=dtype)
     return nn.relu(y)
 
 
@@ -103,6 +109,7 @@ class BottleneckResNet(nn.Module):
   downsample: str = "conv"
   pool: str = "max"
   grad: str = "autodiff"
+  kernels: native.Kernels = native.XLA
   dtype: str = "float32"
   block_form: str = "grouped"
   model: str = "bottleneck"
@@ -132,8 +139,10 @@ class BottleneckResNet(nn.Module):
     checks.check_downsampling(x.shape[1:-1], self.downsampling_steps())
     dtype = stages.compute_dtype(self.dtype)
     x = layers.Conv(self.stem_features, 3, strides=self.first_stride, padding="SAME",
-                    use_bias=False, grad=self.grad, dtype=dtype, name="conv1")(x)
-    x = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad)(x))
+                    use_bias=False, grad=self.grad, kernels=self.kernels, dtype=dtype,
+                        name="conv1")(x)
+    x = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad,
+                                  kernels=self.kernels)(x))
     if self.block_form == "grouped":
       block_cls = BottleneckBlock
     else:
@@ -146,11 +155,12 @@ class BottleneckResNet(nn.Module):
       block = functools.partial(
           block_cls, features=4 * self.stem_features * 2 ** i, inner_features=inner * 2 ** i,
           groups=self.cardinality, residual=self.residual, shortcut=self.shortcut,
-          zero_init_residual=self.zero_init_residual, grad=self.grad, dtype=self.dtype)
+          zero_init_residual=self.zero_init_residual, grad=self.grad, kernels=self.kernels,
+          dtype=self.dtype)
       x = stages.Stage(block, self.blocks_per_stage, strides=1 if i == 0 else self.stride,
                        downsample=self.downsample, pool=self.pool, scan=self.scan_blocks,
                        min_scanned=self.min_scanned_blocks,
-                       grad=self.grad, name=f"stage{i + 1}")(x, train)
+                       grad=self.grad, kernels=self.kernels, name=f"stage{i + 1}")(x, train)
     x = layers.GlobalAvgPool(grad=self.grad, name="global_pool")(x)
     x = layers.Dense(self.num_classes, dtype=dtype, name="classifier")(x)
     return x.astype(jnp.float32)

@@ -16,7 +16,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax import layers
+from cnn_jax import layers, native
 from cnn_jax.models import checks, stages
 
 
@@ -40,21 +40,25 @@ class BasicBlock(nn.Module):
   groups: int = 1
   zero_init_residual: bool = False
   grad: str = "autodiff"
+  kernels: native.Kernels = native.XLA
   dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x, train: bool):
     dtype = stages.compute_dtype(self.dtype)
     conv = functools.partial(layers.Conv, self.features, 3, padding="SAME", use_bias=False,
-                             groups=self.groups, grad=self.grad, dtype=dtype)
+                             groups=self.groups, grad=self.grad, kernels=self.kernels, dtype=dtype)
     y = conv(strides=self.strides, name="conv1")(x)
-    y = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad)(y))
+    y = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad,
+                                  kernels=self.kernels)(y))
     y = conv(name="conv2")(y)
     y = stages.batch_norm(train, dtype, name="bn2",
-                          zero_scale=self.zero_init_residual, grad=self.grad)(y)
+                          zero_scale=self.zero_init_residual, grad=self.grad,
+                          kernels=self.kernels)(y)
     if self.residual:
       y = y + stages.shortcut(x, features=self.features, strides=self.strides,
-                              kind=self.shortcut, train=train, grad=self.grad, dtype=dtype)
+                              kind=self.shortcut, train=train, grad=self.grad,
+                              kernels=self.kernels, dtype=dtype)
     return nn.relu(y)
 
 
@@ -92,6 +96,7 @@ class ResNet(nn.Module):
   downsample: str = "conv"
   pool: str = "max"
   grad: str = "autodiff"
+  kernels: native.Kernels = native.XLA
   dtype: str = "float32"
   scan_blocks: bool = False
   min_scanned_blocks: int = stages.MIN_SCANNED_BLOCKS
@@ -119,17 +124,19 @@ class ResNet(nn.Module):
     checks.check_downsampling(x.shape[1:-1], self.downsampling_steps())
     dtype = stages.compute_dtype(self.dtype)
     x = layers.Conv(self.width, 3, strides=self.first_stride, padding="SAME", use_bias=False,
-                    grad=self.grad, dtype=dtype, name="conv1")(x)
-    x = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad)(x))
+                    grad=self.grad, kernels=self.kernels, dtype=dtype, name="conv1")(x)
+    x = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad,
+                                  kernels=self.kernels)(x))
     for i in range(3):
       block = functools.partial(
           BasicBlock, features=self.width * 2 ** i, residual=self.residual,
           shortcut=self.shortcut, groups=self.cardinality,
-          zero_init_residual=self.zero_init_residual, grad=self.grad, dtype=self.dtype)
+          zero_init_residual=self.zero_init_residual, grad=self.grad, kernels=self.kernels,
+          dtype=self.dtype)
       x = stages.Stage(block, self.blocks_per_stage, strides=1 if i == 0 else self.stride,
                        downsample=self.downsample, pool=self.pool, scan=self.scan_blocks,
                        min_scanned=self.min_scanned_blocks,
-                       grad=self.grad, name=f"stage{i + 1}")(x, train)
+                       grad=self.grad, kernels=self.kernels, name=f"stage{i + 1}")(x, train)
     x = layers.GlobalAvgPool(grad=self.grad, name="global_pool")(x)
     x = layers.Dense(self.num_classes, dtype=dtype, name="classifier")(x)
     return x.astype(jnp.float32)

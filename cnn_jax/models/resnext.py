@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 
-from cnn_jax import layers
+from cnn_jax import layers, native
 from cnn_jax.models import checks, stages
 from cnn_jax.models.bottleneck import BottleneckResNet
 
@@ -43,26 +43,32 @@ class SplitBlock(nn.Module):
   shortcut: str = "B"
   zero_init_residual: bool = False
   grad: str = "autodiff"
+  kernels: native.Kernels = native.XLA
   dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x, train: bool):
     dtype = stages.compute_dtype(self.dtype)
     conv = functools.partial(layers.Conv, padding="SAME", use_bias=False, grad=self.grad,
+                             kernels=self.kernels,
                              dtype=dtype)
     width = self.inner_features // self.groups
     merged = 0
     for i in range(self.groups):
       y = conv(width, 1, name=f"branch{i}_conv1")(x)
-      y = nn.relu(stages.batch_norm(train, dtype, name=f"branch{i}_bn1", grad=self.grad)(y))
+      y = nn.relu(stages.batch_norm(train, dtype, name=f"branch{i}_bn1", grad=self.grad,
+                                    kernels=self.kernels)(y))
       y = conv(width, 3, strides=self.strides, name=f"branch{i}_conv2")(y)
-      y = nn.relu(stages.batch_norm(train, dtype, name=f"branch{i}_bn2", grad=self.grad)(y))
+      y = nn.relu(stages.batch_norm(train, dtype, name=f"branch{i}_bn2", grad=self.grad,
+                                    kernels=self.kernels)(y))
       merged = merged + conv(self.features, 1, name=f"branch{i}_conv3")(y)
     y = stages.batch_norm(train, dtype, name="bn3",
-                          zero_scale=self.zero_init_residual, grad=self.grad)(merged)
+                          zero_scale=self.zero_init_residual, grad=self.grad,
+                          kernels=self.kernels)(merged)
     if self.residual:
       y = y + stages.shortcut(x, features=self.features, strides=self.strides,
-                              kind=self.shortcut, train=train, grad=self.grad, dtype=dtype)
+                              kind=self.shortcut, train=train, grad=self.grad,
+                              kernels=self.kernels, dtype=dtype)
     return nn.relu(y)
 
 

@@ -16,10 +16,12 @@ compares.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax import layers
+from cnn_jax import layers, native
 from cnn_jax import ops
 from cnn_jax.models import checks, stages
 
@@ -56,6 +58,7 @@ class SimpleCNN(nn.Module):
   connectivity: str = "shared"
   head: str = "flatten"
   grad: str = "autodiff"
+  kernels: native.Kernels = native.XLA
   dtype: str = "float32"
 
   @property
@@ -81,7 +84,10 @@ class SimpleCNN(nn.Module):
     del train  # no BatchNorm or dropout
     checks.check_downsampling(x.shape[1:-1], self.downsampling_steps())
     dtype = stages.compute_dtype(self.dtype)
-    layer_cls = layers.Conv if self.connectivity == "shared" else layers.LocallyConnected
+    if self.connectivity == "shared":
+      layer_cls = functools.partial(layers.Conv, kernels=self.kernels)
+    else:  # the native kernels share weights; a locally connected layer runs its op
+      layer_cls = layers.LocallyConnected
     features = self.width
     for i in range(self.depth):
       strides = self.first_stride if i == 0 else 1

@@ -19,8 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax import layers
-from cnn_jax.ops import onednn
+from cnn_jax import layers, native
 
 ModuleDef = Any
 
@@ -42,15 +41,16 @@ def scan_settings(config) -> dict:
 
 
 def batch_norm(train: bool, dtype, *, name: str, zero_scale: bool = False,
-               grad: str = "autodiff") -> layers.BatchNorm:
+               grad: str = "autodiff", kernels: native.Kernels = native.XLA) -> layers.BatchNorm:
   """BatchNorm with running statistics in ``batch_stats`` (momentum 0.9, as He et al.'s Torch).
 
   ``zero_scale`` starts the scale at 0, so the branch it ends outputs 0 at init and its block
   starts as the identity (Goyal et al. 2017; the lesson's "identity mappings as a start").
-  ``grad="hand"`` uses ``ops.hand.batch_norm`` (hand backward, channel sums as matmuls).
+  ``grad="hand"`` uses ``ops.hand.batch_norm`` (hand backward, channel sums as matmuls, or
+  the native one-pass sums where ``kernels`` runs them).
   """
   return layers.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                          dtype=dtype, grad=grad, name=name,
+                          dtype=dtype, grad=grad, kernels=kernels, name=name,
                           scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones)
 
 
@@ -70,7 +70,7 @@ def subsample_and_pad(x: jax.Array, strides: int, features: int) -> jax.Array:
 
 
 def shortcut(x: jax.Array, *, features: int, strides: int, kind: str, train: bool, grad: str,
-             dtype) -> jax.Array:
+             dtype, kernels: native.Kernels = native.XLA) -> jax.Array:
   """The shortcut path of a residual block; call inside a block's ``nn.compact`` method.
 
   Identity when the shape is kept; otherwise option ``"A"`` (``subsample_and_pad``) or ``"B"``
@@ -80,9 +80,9 @@ def shortcut(x: jax.Array, *, features: int, strides: int, kind: str, train: boo
     return x
   if kind == "A":
     return subsample_and_pad(x, strides, features)
-  y = layers.Conv(features, 1, strides=strides, use_bias=False, grad=grad, dtype=dtype,
-                  name="shortcut_conv")(x)
-  return batch_norm(train, dtype, name="shortcut_bn", grad=grad)(y)
+  y = layers.Conv(features, 1, strides=strides, use_bias=False, grad=grad, kernels=kernels,
+                  dtype=dtype, name="shortcut_conv")(x)
+  return batch_norm(train, dtype, name="shortcut_bn", grad=grad, kernels=kernels)(y)
 
 
 class _ScanBody(nn.Module):
@@ -117,6 +117,7 @@ class Stage(nn.Module):
   scan: bool = True
   min_scanned: int = MIN_SCANNED_BLOCKS
   grad: str = "autodiff"
+  kernels: native.Kernels = native.XLA
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -137,9 +138,10 @@ class Stage(nn.Module):
     return x
 
   def _stored(self, x):
-    """A block's output, stored once on the hand path (``onednn.materialize``): otherwise XLA
-    recomputes the residual stream from the stage's start inside every later block."""
-    return onednn.materialize(x) if self.grad == "hand" else x
+    """A block's output, stored once where the native kernels run (``native.materialize``):
+    otherwise XLA recomputes the residual stream from the stage's start inside every later
+    block."""
+    return native.materialize(x) if self.kernels.native else x
 
 
 def compute_dtype(name: str):

@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from cnn_jax import atomic
-from cnn_jax.ops import onednn
+from cnn_jax import native
 from cnn_jax.train import checkpoints as checkpoints_lib
 from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import optim
@@ -45,7 +45,8 @@ LOOP_DEFAULTS = {
     "coordinator_address": "",   # multi-host: "host:port" of process 0
     "num_processes": 1,
     "process_id": 0,
-    "cpu_convolutions": "onednn",  # see steps.CPU_CONVOLUTIONS
+    "kernels": "auto",           # see cnn_jax.native.choice
+    "conv_algorithm": "auto",
 }
 
 # Config fields that define a model's structure: a checkpoint made with other values of any
@@ -87,7 +88,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"keep_checkpoints={config.keep_checkpoints!r}: must be an integer >= 1")
   if int(config.batch_size) != config.batch_size or config.batch_size <= 0:
     raise ValueError(f"batch_size={config.batch_size!r}: must be an integer > 0")
-  steps_lib.check_cpu_convolutions(config.cpu_convolutions)
+  native.check(config.kernels, config.conv_algorithm)
 
 
 def data_and_model(config: ml_collections.ConfigDict, dataset=None, model=None):
@@ -325,15 +326,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
 
   layer_names = state_lib.layer_names(model, input_shape)
   layer_order = state_lib.layer_names(state_lib.unrolled(model), input_shape)
-  use_onednn = steps_lib.uses_onednn(config.cpu_convolutions, mesh.size)
-  if config.cpu_convolutions.startswith("onednn") and not use_onednn:
-    logging.info("cpu_convolutions=%s: oneDNN not used (%s); XLA's Eigen convolutions run",
-                 config.cpu_convolutions, onednn.unavailable_reason() or f"{mesh.size} devices")
+  logging.info("kernels=%s: %s", config.kernels, getattr(model, "kernels", native.XLA))
   data_kwargs = dict(prepare_batch=prepare_batch, mean=dataset.mean, std=dataset.std,
                      num_classes=config.num_classes, mesh=mesh, state_sharding=state_sharding,
-                     xla_options=steps_lib.compiler_options(config.cpu_convolutions),
-                     use_onednn=use_onednn,
-                     winograd=steps_lib.winograd_tile(config.cpu_convolutions))
+                     xla_options=steps_lib.compiler_options())
   train_step = steps_lib.make_train_step(
       model, tx, schedule, augment=bool(config.augment), label_smoothing=config.label_smoothing,
       layer_names=layer_names, **data_kwargs)

@@ -23,7 +23,6 @@ import optax
 from jax.sharding import Mesh
 
 from cnn_jax import xla_options
-from cnn_jax.ops import onednn
 from cnn_jax.train import sharding as sharding_lib
 from cnn_jax.train.state import TrainState
 
@@ -49,71 +48,23 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-# Which library XLA's CPU backend runs convolutions with. jax 0.10's XLA hands every 2-D
-# convolution with more than 16 channels to YNNPACK; on the 2-core CPU those ran on one core,
-# 2x slower than Eigen's multi-threaded ones (ResNet 3x3 layers: 16x16 32->32 21.5 vs 10.0 ms,
-# 8x8 64->64 18.8 vs 9.3 ms; weight-gradient convs 3x faster), and the ResNet-20 train step
-# was 1.2x (hand) to 1.6x (autodiff) faster with Eigen (docs/benchmarks.md, "Convolutions in
-# Eigen, not YNNPACK"). "eigen" keeps YNNPACK for dots only; "xla_default" leaves XLA's choice.
-# "onednn" (the default) also runs the hand-written ops' float32 1-D/2-D ungrouped convolutions,
-# forward and backward, on oneDNN through XLA's FFI where it is built (cnn_jax.ops.onednn:
-# ResNet-20 train step 1.45x faster, docs/benchmarks.md, "oneDNN convolutions through XLA's
-# FFI"), with Eigen for every other convolution; on one device only (the FFI call is not
-# partitioned over a mesh), and with it the stride-1 3x3 layers (the CIFAR ResNets' stages)
-# as Winograd F(2x2, 3x3) (cnn_jax/ops/winograd_f2x3.h: ResNet-20 step 1.3x faster again,
-# docs/benchmarks.md, ninth session). "onednn_direct" is "onednn" without Winograd: oneDNN's
-# direct algorithm for every layer. "onednn_winograd4" takes F(4x4, 3x3) where the sizes are
-# multiples of 4 (cnn_jax/ops/winograd_f4x3.h: its products 1.5x faster again, its float32
-# rounding 10-20x larger, ~1e-5 of the largest entry), F(2x2, 3x3) elsewhere.
-CPU_CONVOLUTIONS = ("onednn", "onednn_direct", "onednn_winograd4", "eigen", "xla_default")
-_WINOGRAD_TILE = {"onednn": 2, "onednn_winograd4": 4}
-
-
-def check_cpu_convolutions(cpu_convolutions: str) -> None:
-  """Raises ``ValueError`` (one line) unless ``cpu_convolutions`` is in ``CPU_CONVOLUTIONS``."""
-  if cpu_convolutions not in CPU_CONVOLUTIONS:
-    raise ValueError(f"cpu_convolutions={cpu_convolutions!r} is not allowed: give one of "
-                     f"{', '.join(CPU_CONVOLUTIONS)}")
-
-
-def compiler_options(cpu_convolutions: str = "eigen") -> dict[str, str | int]:
+# Which library XLA's CPU backend runs its own convolutions with. jax 0.10's XLA hands every
+# 2-D convolution with more than 16 channels to YNNPACK; on the 2-core CPU those ran on one
+# core, 2x slower than Eigen's multi-threaded ones (ResNet 3x3 layers: 16x16 32->32 21.5 vs
+# 10.0 ms, 8x8 64->64 18.8 vs 9.3 ms; weight-gradient convs 3x faster), and the ResNet-20 train
+# step was 1.2x (hand) to 1.6x (autodiff) faster with Eigen (docs/benchmarks.md,
+# "Convolutions in Eigen, not YNNPACK"), so the steps keep YNNPACK for dots only. Which layers
+# run the native kernels instead is the model's own field (``cnn_jax.native``).
+def compiler_options(ynnpack_convolutions: bool = False) -> dict[str, str | int]:
   """XLA compiler options for the steps' ``jax.jit`` (``{}`` off the CPU backend).
 
-  On CPU: ``xla_options.optimization_level()`` (faster compiles), and with every choice but
-  ``cpu_convolutions="xla_default"`` XLA's own convolutions in Eigen instead of YNNPACK.
-
-  Raises:
-    ValueError: ``cpu_convolutions`` is not one of ``CPU_CONVOLUTIONS``.
+  On CPU: ``xla_options.optimization_level()`` (faster compiles), and unless
+  ``ynnpack_convolutions`` XLA's own convolutions in Eigen instead of YNNPACK.
   """
-  check_cpu_convolutions(cpu_convolutions)
   options: dict[str, str | int] = dict(xla_options.optimization_level())
-  if cpu_convolutions != "xla_default" and jax.default_backend() == "cpu":
+  if not ynnpack_convolutions and jax.default_backend() == "cpu":
     options["xla_cpu_experimental_ynn_fusion_type"] = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
   return options
-
-
-def uses_onednn(cpu_convolutions: str, num_devices: int) -> bool:
-  """Whether steps built with this choice run the hand ops' convolutions on oneDNN:
-  one of the ``"onednn*"`` choices, one device, and the library available
-  (``cnn_jax.ops.onednn.available``)."""
-  check_cpu_convolutions(cpu_convolutions)
-  return (cpu_convolutions.startswith("onednn") and num_devices == 1
-          and onednn.available())
-
-
-def winograd_tile(cpu_convolutions: str) -> int:
-  """The largest Winograd output tile the stride-1 3x3 layers use where ``uses_onednn``:
-  2 (``"onednn"``), 4 (``"onednn_winograd4"``) or 0 (``cnn_jax.ops.onednn.use``)."""
-  check_cpu_convolutions(cpu_convolutions)
-  return _WINOGRAD_TILE.get(cpu_convolutions, 0)
-
-
-def _with_onednn(fn: Callable, enabled: bool, winograd: int) -> Callable:
-  # The choice is read while jax.jit traces fn, so it is part of the compiled step.
-  def traced(*args):
-    with onednn.use(enabled, winograd=winograd):
-      return fn(*args)
-  return traced
 
 
 def global_norm(tree) -> jax.Array:
@@ -184,8 +135,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
                     prepare_batch: Callable, mean: np.ndarray, std: np.ndarray, augment: bool,
                     num_classes: int, label_smoothing: float = 0.0,
                     layer_names: Sequence[str] = (), mesh: Mesh, state_sharding,
-                    xla_options: dict[str, str] | None = None, use_onednn: bool = False,
-                    winograd: int = 2,
+                    xla_options: dict[str, str] | None = None,
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Builds the jitted ``train_step(state, batch) -> (state, metrics)``.
 
@@ -205,9 +155,6 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     mesh: the data mesh.
     state_sharding: pytree of shardings matching the state (replicated).
     xla_options: XLA compiler options (``compiler_options``); ``None``: XLA's defaults.
-    use_onednn: run the hand ops' convolutions on oneDNN where they can (``uses_onednn``).
-    winograd: with ``use_onednn``, the largest Winograd output tile for the stride-1 3x3
-      layers (``winograd_tile``; 0: none).
   Returns:
     The compiled step. Metrics are replicated float32 scalars (and a dict of them).
   """
@@ -247,7 +194,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
                               opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(_with_onednn(step_fn, use_onednn, winograd),
+  return jax.jit(step_fn,
                  in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
                  out_shardings=(state_sharding, sharding_lib.replicated(mesh)),
                  donate_argnums=0, compiler_options=xla_options)
@@ -255,14 +202,14 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
 
 def make_eval_step(model, *, prepare_batch: Callable, mean: np.ndarray, std: np.ndarray,
                    num_classes: int, mesh: Mesh, state_sharding,
-                   xla_options: dict[str, str] | None = None, use_onednn: bool = False,
-                   winograd: int = 2) -> Callable[[TrainState, dict], dict]:
+                   xla_options: dict[str, str] | None = None,
+                   ) -> Callable[[TrainState, dict], dict]:
   """Builds the jitted ``eval_step(state, batch) -> metrics`` (sums, see module doc).
 
   The batch may carry ``"mask"`` (float32 ``(N,)``, 0 for padding rows). Returns
   ``{"loss_sum", "correct", "count"}`` replicated float32 scalars. Uses BN running statistics
   (``train=False``) and no augmentation. Loss is the plain cross-entropy (no smoothing).
-  ``xla_options``, ``use_onednn``, ``winograd``: as in ``make_train_step``.
+  ``xla_options``: as in ``make_train_step``.
   """
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
@@ -278,7 +225,7 @@ def make_eval_step(model, *, prepare_batch: Callable, mean: np.ndarray, std: np.
     return {"loss_sum": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
             "count": jnp.sum(mask)}
 
-  return jax.jit(_with_onednn(eval_fn, use_onednn, winograd),
+  return jax.jit(eval_fn,
                  in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
                  out_shardings=sharding_lib.replicated(mesh), compiler_options=xla_options)
 

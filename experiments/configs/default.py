@@ -34,14 +34,16 @@ def get_config() -> ml_collections.ConfigDict:
                                    # on CPU, autodiff convs inside nn.scan run ~20x slower:
                                    # pair grad=autodiff with scan_blocks=False there
   config.dtype = "float32"         # float32 | bfloat16 (compute dtype)
-  config.cpu_convolutions = "onednn"  # onednn | onednn_winograd4 | onednn_direct | eigen |
-                                   # xla_default: onednn runs the hand ops' float32 1-D/2-D
-                                   # convolutions on oneDNN where built (1.45x faster
-                                   # ResNet-20 step), the stride-1 3x3 ones as Winograd
-                                   # F(2x2,3x3) (1.3x faster again), XLA's own in Eigen;
-                                   # onednn_winograd4: F(4x4,3x3) where sizes allow (faster
-                                   # again, ~1e-5 rounding); onednn_direct: no Winograd;
-                                   # eigen: all in XLA's Eigen; docs/benchmarks.md
+  config.kernels = "auto"          # auto | xla | native: auto runs the native CPU kernels
+                                   # (cnn_jax/native: oneDNN, Winograd; C++ through XLA's
+                                   # FFI) where they apply (grad=hand, float32, 1-D/2-D
+                                   # convs, one device, library built), XLA's elsewhere;
+                                   # xla: the pure ops only (as on GPU/TPU); native: as auto,
+                                   # but a layer or run they cannot take is an error
+  config.conv_algorithm = "auto"   # native convs: auto (Winograd F(2x2,3x3) where it
+                                   # applies, oneDNN direct elsewhere) | auto_winograd4
+                                   # (F(4x4,3x3) first; ~1e-5 rounding) | direct |
+                                   # winograd2 | winograd4 (forced on every native conv)
   config.num_classes = 10          # classifier outputs (the trainer sets it from the dataset)
   # Data.
   config.dataset = "digits"        # see `launch.py --experiment=datasets`

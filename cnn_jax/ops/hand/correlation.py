@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from cnn_jax import ops
-from cnn_jax.ops import correlation, onednn
+from cnn_jax.ops import correlation
 from cnn_jax.ops import shapes
 
 _SPATIAL_LETTERS = {1: "W", 2: "HW", 3: "DHW"}
@@ -552,16 +552,10 @@ def correlate(x, w, *, stride=1, padding="VALID", dilation=1, groups=1, weight_m
   kernels, 1x1 kernels and 8-16 input channels per group, else conv: the faster one on XLA's
   CPU, see ``resolve_weight_method``). Narrow groups run their forward and dL/dx as a dense
   conv with the block-diagonal kernel (``dense_is_faster``).
-
-  On the CPU, float32 1-D/2-D ungrouped correlations with zero padding run all three products
-  (forward, dL/dx, dL/dw: the same sums) on oneDNN instead, where it is built and switched on
-  (``cnn_jax.ops.onednn.applies``; ``weight_method`` is then moot).
   """
   num_dims = correlation.check_kernel(x.shape, w.shape, groups)
   spec = correlation.window_spec(x.shape, w.shape[:num_dims], stride, padding, dilation)
   method = resolve_weight_method(weight_method, w.shape[:num_dims], w.shape[-2], groups)
-  if onednn.applies(x, w, spec, groups):
-    return onednn.correlate(x, w, spec)
   return _correlate(x, w, spec, groups, method)
 
 
@@ -596,14 +590,11 @@ def convolve(x, w, *, stride=1, padding="VALID", dilation=1, groups=1, weight_me
   (a transposed correlation with ``F F w = w``), and ``dL/dw = F (dL/d(F w))``: the
   correlation weight gradient, flipped.
 
-  Args, Returns, Raises: as ``ops.convolve``; ``weight_method`` and oneDNN as in
-  ``correlate`` (with the flipped kernel).
+  Args, Returns, Raises: as ``ops.convolve``; ``weight_method`` as in ``correlate``.
   """
   num_dims = correlation.check_kernel(x.shape, w.shape, groups)
   spec = correlation.window_spec(x.shape, w.shape[:num_dims], stride, padding, dilation)
   method = resolve_weight_method(weight_method, w.shape[:num_dims], w.shape[-2], groups)
-  if onednn.applies(x, w, spec, groups):
-    return onednn.correlate(x, correlation.flip_kernel(w), spec)
   return _convolve(x, w, spec, groups, method)
 
 

@@ -6,11 +6,11 @@ every axis but the channels on one thread at ~5 GB/s (``jnp.sum(x, (0, 1, 2))`` 
 ``(128, 16, 16, 32)`` float32 array: 0.80 ms), while the same sum written as
 ``ones @ x.reshape(M, C)`` goes to the matmul library (0.14-0.19 ms; ``python -m
 bench.batch_norm``, docs/benchmarks.md). Forward and backward need two such sums each;
-autodiff of the reference runs them as XLA's reductions. Where the FFI library runs
-(float32, channels a multiple of 8: ``cnn_jax.ops.onednn.sums_apply``) the sums are its
-one-pass kernels instead (``onednn.channel_moments`` / ``channel_grad_sums``): the matmul
-needs each product it sums written to memory first, the kernels read their inputs once
-(ResNet-56 step 1.19x -> 1.35x torch, docs/benchmarks.md, tenth session).
+autodiff of the reference runs them as XLA's reductions. A caller may pass other
+implementations of the two sums (``ChannelSums``): the layers pass the native one-pass kernels
+(``cnn_jax.native.channel_moments`` / ``channel_grad_sums``) where the config runs them; the
+matmul needs each product it sums written to memory first, the kernels read their inputs once
+(ResNet-56 step 1.19x -> 1.35x torch, docs/benchmarks.md).
 
 Derivation, per channel, with ``M`` entries ``x_i``, ``μ = Σx/M``, ``σ² = Σ(x-μ)²/M``,
 ``r = 1/sqrt(σ² + ε)``, ``x̂ = (x - μ) r``, ``y = x̂ γ + β``, cotangents ``g = dL/dy`` and
@@ -27,12 +27,13 @@ feed the running averages, but are kept so that the VJP is exact for any use.
 from __future__ import annotations
 
 import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnn_jax.ops import normalization, onednn
+from cnn_jax.ops import normalization
 from cnn_jax.ops.normalization import per_channel
 
 # Fold this many values into a matmul row (a few positions' channels side by side): a wide
@@ -58,18 +59,33 @@ def channel_sum(a: jax.Array) -> jax.Array:
   return (jnp.ones((rows.shape[0],), a.dtype) @ rows).reshape(k, channels).sum(0)
 
 
-def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, *, epsilon: float = 1e-5):
+class ChannelSums(NamedTuple):
+  """Another implementation of the two sums, for float32 ``x`` whose channels ``applies``.
+
+  Attributes:
+    moments: ``x (..., C) -> (mean (C,), biased var (C,))``, differentiable.
+    grad_sums: ``(g, x, mean) -> (Σ g, Σ g (x - mean))`` per channel.
+    applies: ``x -> bool``: whether the two take ``x``.
+  """
+  moments: Callable
+  grad_sums: Callable
+  applies: Callable
+
+
+def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, *, epsilon: float = 1e-5,
+               sums: ChannelSums | None = None):
   """``ops.batch_norm`` with a hand-written backward pass (derived in the module docstring).
 
-  Args and Returns: as ``ops.batch_norm``.
+  Args and Returns: as ``ops.batch_norm``; ``sums``: the channel sums to use where
+  ``sums.applies(x)`` (default: matrix-vector products, ``channel_sum``).
   """
   normalization.check_batch_norm_args(x.shape, scale.shape, bias.shape, epsilon)
-  return _batch_norm(x, scale, bias, float(epsilon))
+  return _batch_norm(x, scale, bias, float(epsilon), sums)
 
 
-def _statistics(x, epsilon):
-  if onednn.sums_apply(x):  # one pass each, nothing written but the sums
-    mean, var = onednn.channel_moments(x)
+def _statistics(x, epsilon, sums):
+  if sums is not None and sums.applies(x):  # one pass each, nothing written but the sums
+    mean, var = sums.moments(x)
     centred = x - per_channel(mean, x.ndim)
   else:
     positions = x.size // x.shape[-1]
@@ -79,19 +95,19 @@ def _statistics(x, epsilon):
   return centred, mean, var, lax.rsqrt(var + epsilon)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _batch_norm(x, scale, bias, epsilon):
-  return _batch_norm_fwd(x, scale, bias, epsilon)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _batch_norm(x, scale, bias, epsilon, sums):
+  return _batch_norm_fwd(x, scale, bias, epsilon, sums)[0]
 
 
-def _batch_norm_fwd(x, scale, bias, epsilon):
+def _batch_norm_fwd(x, scale, bias, epsilon, sums):
   compute = x.astype(normalization.stats_dtype(x.dtype))
-  centred, mean, var, inv_std = _statistics(compute, epsilon)
+  centred, mean, var, inv_std = _statistics(compute, epsilon, sums)
   y = centred * per_channel(inv_std * scale, x.ndim) + per_channel(bias, x.ndim)
   return (y, mean, var), (x, mean, inv_std, scale)
 
 
-def _batch_norm_bwd(epsilon, residuals, cotangents):
+def _batch_norm_bwd(epsilon, sums, residuals, cotangents):
   del epsilon
   x, mean, inv_std, scale = residuals
   g, g_mean, g_var = cotangents
@@ -99,8 +115,8 @@ def _batch_norm_bwd(epsilon, residuals, cotangents):
   ndim = x.ndim
   centred = x.astype(mean.dtype) - per_channel(mean, ndim)
   normalised = centred * per_channel(inv_std, ndim)
-  if onednn.sums_apply(x) and g.dtype == x.dtype:
-    grad_bias, grad_centred = onednn.channel_grad_sums(g, x, mean)
+  if sums is not None and sums.applies(x) and g.dtype == x.dtype:
+    grad_bias, grad_centred = sums.grad_sums(g, x, mean)
     grad_scale = grad_centred * inv_std
   else:
     grad_bias = channel_sum(g)

@@ -1,5 +1,5 @@
-"""oneDNN's convolutions through XLA's FFI (cnn_jax.ops.onednn), and the Winograd F(2x2, 3x3)
-kernels behind the same handlers (cnn_jax/ops/winograd_f2x3.h), against XLA's convolutions.
+"""The native kernels (cnn_jax.native): oneDNN's convolutions through XLA's FFI and the Winograd
+F(2x2, 3x3) / F(4x4, 3x3) kernels behind the same handlers (csrc/), against the pure ops.
 
 Tolerances: the two libraries sum the same float32 products in different orders, so results
 differ by rounding, ~1e-7 relative per sum; a sum of up to 5*5*8 = 200 products of unit-scale
@@ -10,20 +10,37 @@ rounding: each transformed value is a signed sum of at most 16 inputs or 9 kerne
 measured here 2e-7 to 6e-7 of the largest entry for 16-48 channels, under the same 1e-5.
 """
 
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import ops
-from cnn_jax.ops import hand, onednn
-from cnn_jax.train import steps as steps_lib
+from cnn_jax import native, ops
+from cnn_jax.native import build as build_lib
+from cnn_jax.ops import correlation, hand
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("g++") is None and shutil.which("c++") is None,
-    reason="no C++ compiler: the oneDNN library cannot be built here (XLA's convolutions run)")
+    not native.available(), reason=f"native kernels unavailable: {native.unavailable_reason()}")
+
+
+def _native_op(op, tile=0, stride=1, padding="VALID", dilation=1):
+  """``ops.<op>`` with these arguments, on the native kernels with Winograd tile ``tile``."""
+  def fn(x, w):
+    num_dims = correlation.check_kernel(x.shape, w.shape, 1)
+    spec = correlation.window_spec(x.shape, w.shape[:num_dims], stride, padding, dilation)
+    return native.correlate(x, correlation.flip_kernel(w) if op == "convolve" else w, spec,
+                            tile)
+  return fn
+
+
+class _NativeNamespace:
+  """``correlate`` on the native kernels, as the second-order tests call ``namespace``."""
+
+  def __init__(self, tile=0):
+    self.tile = tile
+
+  def correlate(self, x, w, **kwargs):
+    return _native_op("correlate", self.tile, **kwargs)(x, w)
 
 
 def _rel(a, b):
@@ -51,19 +68,26 @@ def _uses_onednn(fn, *args):
   return "CnnJaxOnednnConv" in str(jax.make_jaxpr(fn)(*args))
 
 
-def test_library_builds_loads_and_is_switched_off_by_the_environment(monkeypatch):
-  assert onednn.unavailable_reason() is None, onednn.unavailable_reason()
-  monkeypatch.setenv(onednn.DISABLE_VARIABLE, "0")
-  assert "switched off" in onednn.unavailable_reason()
-  x, w = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 3))
-  assert not _uses_onednn(lambda x, w: hand.correlate(x, w), x, w)
+def test_the_hand_ops_never_run_the_native_kernels():
+  x, w = jnp.ones((1, 6, 6, 16)), jnp.ones((3, 3, 16, 16))
+  for op in (hand.correlate, hand.convolve, ops.correlate):
+    assert not _uses_onednn(lambda x, w, op=op: op(x, w, padding="SAME"), x, w)
+  assert "CnnJaxChannel" not in str(jax.make_jaxpr(
+      lambda x: hand.batch_norm(x, jnp.ones(16), jnp.zeros(16)))(x))
 
 
-def test_build_without_a_compiler_says_what_is_missing_in_one_line(monkeypatch):
-  monkeypatch.setattr(onednn.shutil, "which", lambda name: None)
-  built, message = onednn.build()
+@pytest.mark.parametrize("compiler", ["", "/nonexistent/g++"])
+def test_build_without_a_compiler_says_what_is_missing_in_one_line(monkeypatch, tmp_path,
+                                                                   compiler):
+  if compiler:
+    monkeypatch.setenv("CXX", compiler)
+  else:
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(build_lib.shutil, "which", lambda name: None)
+  built, message = build_lib.build(str(tmp_path / "lib.so"))
   assert not built
   assert "no C++ compiler" in message and "\n" not in message
+  assert not list(tmp_path.iterdir())  # nothing half-written
 
 
 @pytest.mark.parametrize("num_dims", [1, 2])
@@ -71,7 +95,7 @@ def test_build_without_a_compiler_says_what_is_missing_in_one_line(monkeypatch):
 def test_forward_and_both_gradients_equal_xla(rng, num_dims, op):
   for _ in range(4):
     x, w, kwargs = _draw_case(rng, num_dims)
-    fast = lambda x, w: getattr(hand, op)(x, w, **kwargs)
+    fast = _native_op(op, **kwargs)
     reference = lambda x, w: getattr(ops, op)(x, w, **kwargs)
     assert _uses_onednn(fast, x, w), kwargs
     y, vjp = jax.vjp(fast, x, w)
@@ -99,34 +123,31 @@ def test_second_order_gradients_equal_xla(rng, num_dims):
       return jnp.sum(dx ** 2) + jnp.sum(dw ** 2)
     return jax.jit(jax.grad(energy, argnums=(0, 1)))(x, w)
 
-  for got, want in zip(second(hand), second(ops)):
+  for got, want in zip(second(_NativeNamespace()), second(ops)):
     assert _rel(got, want) < 3e-5, kwargs
 
 
 def test_vmap_and_jit_equal_xla(rng):
   x = jnp.asarray(rng.standard_normal((3, 2, 9, 9, 4)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32)
-  fast = jax.jit(jax.vmap(lambda x: hand.correlate(x, w, stride=2, padding="SAME")))
+  fast = jax.jit(jax.vmap(lambda x: _native_op("correlate", stride=2, padding="SAME")(x, w)))
   reference = jax.vmap(lambda x: ops.correlate(x, w, stride=2, padding="SAME"))
   assert _rel(fast(x), reference(x)) < 1e-5
 
 
-@pytest.mark.parametrize("case", ["groups", "circular", "bfloat16", "3-D", "switched off"])
-def test_other_convolutions_stay_on_xla_with_the_same_values(rng, case):
+@pytest.mark.parametrize("case", ["groups", "circular", "bfloat16", "3-D"])
+def test_other_convolutions_stay_on_xla_under_auto_and_are_refused_under_native(case):
   num_dims = 3 if case == "3-D" else 2
   dtype = jnp.bfloat16 if case == "bfloat16" else jnp.float32
-  x = jnp.asarray(rng.standard_normal((2,) + (6,) * num_dims + (4,)), dtype)
-  w = jnp.asarray(rng.standard_normal((3,) * num_dims + ((2,) if case == "groups" else (4,))
-                                      + (6,)), dtype)
-  kwargs = dict(padding="CIRCULAR" if case == "circular" else "SAME",
-                groups=2 if case == "groups" else 1)
-  fast = lambda x, w: hand.correlate(x, w, **kwargs)
-  with onednn.use(case != "switched off"):
-    assert not _uses_onednn(fast, x, w)
-    y = fast(x, w)
-  # Same function as the reference: equal up to rounding (bfloat16: 8 mantissa bits).
-  tolerance = 2e-2 if case == "bfloat16" else 1e-5
-  assert _rel(y.astype(jnp.float32), ops.correlate(x, w, **kwargs).astype(jnp.float32)) < tolerance
+  x = jax.ShapeDtypeStruct((2,) + (6,) * num_dims + (4,), dtype)
+  w = jax.ShapeDtypeStruct((3,) * num_dims + ((2,) if case == "groups" else (4,)) + (6,), dtype)
+  spec = correlation.window_spec(x.shape, w.shape[:num_dims], 1,
+                                 "CIRCULAR" if case == "circular" else "SAME", 1)
+  groups = 2 if case == "groups" else 1
+  assert native.conv_tile(native.Kernels(native=True), x, w, spec, groups) is None
+  with pytest.raises(ValueError, match="kernels='native' does not apply to a .* give "
+                     "kernels=auto or xla"):
+    native.conv_tile(native.Kernels(native=True, strict=True), x, w, spec, groups)
 
 
 # F(4x4, 3x3)'s transforms cancel larger terms (coefficients up to 8 and 1/24): its rounding
@@ -156,7 +177,7 @@ def _draw_winograd_case(rng, tile=2):
 
 
 def _calls():
-  return {tile: onednn.winograd_calls(tile) for tile in (2, 4)}
+  return {tile: native.winograd_calls(tile) for tile in (2, 4)}
 
 
 @pytest.mark.parametrize("tile", [2, 4])
@@ -164,16 +185,15 @@ def _calls():
 def test_winograd_runs_the_stride1_3x3_layers_and_equals_xla(rng, op, tile):
   for _ in range(3):
     x, w = _draw_winograd_case(rng, tile)
-    fast = lambda x, w: getattr(hand, op)(x, w, padding="SAME")
+    fast = _native_op(op, tile, padding="SAME")
     reference = lambda x, w: getattr(ops, op)(x, w, padding="SAME")
     before = _calls()
-    with onednn.use(True, winograd=tile):
-      y, vjp = jax.vjp(fast, x, w)
-      g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-      got = jax.block_until_ready((y, *vjp(g)))
+    y, vjp = jax.vjp(fast, x, w)
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    got = jax.block_until_ready((y, *vjp(g)))
     # Forward and weight gradient always; the input gradient (a correlation from c_out
     # channels to c_in) when c_in is a multiple of 16 as well.
-    ran = {t: onednn.winograd_calls(t) - before[t] for t in (2, 4)}
+    ran = {t: native.winograd_calls(t) - before[t] for t in (2, 4)}
     expected = 3 if x.shape[-1] % 16 == 0 else 2
     assert ran == {2: expected if tile == 2 else 0, 4: expected if tile == 4 else 0}, x.shape
     y_ref, vjp_ref = jax.vjp(reference, x, w)
@@ -184,17 +204,17 @@ def test_winograd_runs_the_stride1_3x3_layers_and_equals_xla(rng, op, tile):
 def test_winograd4_falls_back_to_2x2_tiles_where_sizes_are_not_multiples_of_4(rng):
   x, w = _draw_winograd_case(rng, tile=2)  # sizes 2 mod 4
   before = _calls()
-  with onednn.use(True, winograd=4):
-    y = jax.block_until_ready(hand.correlate(x, w, padding="SAME"))
+  y = jax.block_until_ready(_native_op("correlate", 4, padding="SAME")(x, w))
   assert _calls() == {2: before[2] + 1, 4: before[4]}
   assert _rel(y, ops.correlate(x, w, padding="SAME")) < TOLERANCE[2]
 
 
-def test_use_rejects_an_unknown_winograd_tile():
-  for tile in (1, 3, True):
-    with pytest.raises(ValueError, match="winograd=.* is not allowed: give one of 0, 2, 4"):
-      with onednn.use(True, winograd=tile):
-        pass
+def test_correlate_rejects_an_unknown_winograd_tile():
+  x, w = jnp.ones((1, 4, 4, 8)), jnp.ones((3, 3, 8, 16))
+  spec = correlation.window_spec(x.shape, (3, 3), 1, "SAME", 1)
+  for tile in (1, 3):
+    with pytest.raises(ValueError, match="tile=.* is not allowed: give one of 0, 2, 4"):
+      native.correlate(x, w, spec, tile)
 
 
 @pytest.mark.parametrize("tile", [2, 4])
@@ -203,31 +223,29 @@ def test_winograd_gradients_are_the_same_bits_every_run(rng, tile):
   # the threads finish, so a resumed run repeats a run's numbers exactly.
   x, w = _draw_winograd_case(rng, tile)
   x = jnp.concatenate([x] * 16)  # enough tiles for every thread to take some
-  with onednn.use(True, winograd=tile):
-    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(hand.correlate(x, w, padding="SAME") ** 2),
-                            argnums=(0, 1)))
-    first = jax.block_until_ready(grad(x, w))
-    for _ in range(3):
-      for a, b in zip(first, grad(x, w)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  fast = _native_op("correlate", tile, padding="SAME")
+  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(fast(x, w) ** 2), argnums=(0, 1)))
+  first = jax.block_until_ready(grad(x, w))
+  for _ in range(3):
+    for a, b in zip(first, grad(x, w)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_winograd_switched_off_runs_the_direct_algorithm_to_the_same_values(rng):
   x, w = _draw_winograd_case(rng)
   g = jnp.asarray(rng.standard_normal(x.shape[:-1] + w.shape[-1:]), jnp.float32)
 
-  def run():  # a new function each time: jax.jit caches traces by function, not by context
+  def run(tile):
     def forward_and_vjp(x, w):
-      y, vjp = jax.vjp(lambda x, w: hand.correlate(x, w, padding="SAME"), x, w)
+      y, vjp = jax.vjp(_native_op("correlate", tile, padding="SAME"), x, w)
       return (y, *vjp(g))
     return jax.block_until_ready(jax.jit(forward_and_vjp)(x, w))
 
-  with onednn.use(True, winograd=0):
-    before = _calls()
-    direct = run()
+  before = _calls()
+  direct = run(0)
   assert _calls() == before
-  winograd = run()
-  assert onednn.winograd_calls(2) > before[2]
+  winograd = run(2)
+  assert native.winograd_calls(2) > before[2]
   for a, b in zip(winograd, direct):
     assert _rel(a, b) < 1e-5
 
@@ -247,13 +265,16 @@ def test_winograd_leaves_other_layers_to_onednn_with_the_same_values(rng, case):
   x = jnp.asarray(rng.standard_normal((2, size, size, c_in)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, c_in, c_out)), jnp.float32)
   kwargs = dict(stride=stride, dilation=dilation, padding=padding)
-  fast = lambda x, w: hand.correlate(x, w, **kwargs)
+  fast = _native_op("correlate", 4, **kwargs)
   before = _calls()
-  with onednn.use(True, winograd=4):
-    y, vjp = jax.vjp(fast, x, w)
-    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-    got = jax.block_until_ready((y, *vjp(g)))
-  assert _calls() == before, case
+  y, vjp = jax.vjp(fast, x, w)
+  g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  got = jax.block_until_ready((y, *vjp(g)))
+  assert _calls() == before, case  # the library's own check agrees
+  spec = correlation.window_spec(x.shape, (kernel, kernel), stride, padding, dilation)
+  assert native.conv_tile(native.Kernels(True, "auto_winograd4"), x, w, spec) == 0, case
+  with pytest.raises(ValueError, match="conv_algorithm='winograd2' does not apply to a "):
+    native.conv_tile(native.Kernels(True, "winograd2"), x, w, spec)
   y_ref, vjp_ref = jax.vjp(lambda x, w: ops.correlate(x, w, **kwargs), x, w)
   for a, b in zip(got, (y_ref, *vjp_ref(g))):
     assert _rel(a, b) < 1e-5, case
@@ -275,41 +296,48 @@ def test_winograd_second_order_gradients_equal_xla(rng, tile):
       return jnp.sum(dx ** 2) + jnp.sum(dw ** 2)
     return jax.jit(jax.grad(energy, argnums=(0, 1)))(x, w)
 
-  before = onednn.winograd_calls(tile)
-  with onednn.use(True, winograd=tile):
-    got = jax.block_until_ready(second(hand))
-  assert onednn.winograd_calls(tile) > before
+  before = native.winograd_calls(tile)
+  got = jax.block_until_ready(second(_NativeNamespace(tile)))
+  assert native.winograd_calls(tile) > before
   for a, b in zip(got, second(ops)):
     assert _rel(a, b) < SECOND_ORDER_TOLERANCE[tile], x.shape
 
 
-def test_trainer_takes_onednn_only_when_asked_on_one_device():
-  assert steps_lib.uses_onednn("onednn", 1)
-  assert steps_lib.uses_onednn("onednn_direct", 1)
-  assert steps_lib.uses_onednn("onednn_winograd4", 1)
-  assert [steps_lib.winograd_tile(c) for c in ("onednn", "onednn_winograd4", "onednn_direct",
-                                               "eigen")] == [2, 4, 0, 0]
-  assert not steps_lib.uses_onednn("eigen", 1)
-  assert not steps_lib.uses_onednn("xla_default", 1)
+def test_resolve_takes_native_only_where_it_can_run_and_says_why_not():
+  assert native.resolve("auto", grad="hand") == native.Kernels(True, "auto", strict=False)
+  assert native.resolve("native", "direct", grad="hand") == native.Kernels(True, "direct", True)
+  assert native.resolve("xla", grad="hand") == native.XLA
+  assert native.resolve("auto", grad="autodiff") == native.XLA
   # The FFI call is not partitioned: a mesh of several devices keeps XLA's convolutions.
-  assert not steps_lib.uses_onednn("onednn", 2)
+  assert native.resolve("auto", grad="hand", num_devices=2) == native.XLA
+  with pytest.raises(ValueError, match="kernels='native' cannot run: 2 devices"):
+    native.resolve("native", grad="hand", num_devices=2)
+  with pytest.raises(ValueError, match="kernels='native' cannot run: grad='autodiff'"):
+    native.resolve("native", grad="autodiff")
+
+
+def test_conv_tile_picks_winograd_by_the_algorithm(rng):
+  x, w = _draw_winograd_case(rng, tile=4)  # sizes multiples of 4: both tiles apply
+  spec = correlation.window_spec(x.shape, (3, 3), 1, "SAME", 1)
+  tiles = {a: native.conv_tile(native.Kernels(True, a), x, w, spec)
+           for a in native.CONV_ALGORITHMS}
+  assert tiles == {"auto": 2, "auto_winograd4": 4, "direct": 0, "winograd2": 2, "winograd4": 4}
+  assert native.conv_tile(native.XLA, x, w, spec) is None
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_materialize_is_the_identity_in_value_and_derivatives(rng, dtype):
   shape = tuple(int(n) for n in rng.integers(1, 7, int(rng.integers(1, 5))))
   x, t, c = (jnp.asarray(rng.standard_normal(shape), dtype) for _ in range(3))
-  assert "CnnJaxMaterialize" in str(jax.make_jaxpr(onednn.materialize)(x))
+  assert "CnnJaxMaterialize" in str(jax.make_jaxpr(native.materialize)(x))
   # Exact equality: an identity moves bits, it rounds nothing.
-  np.testing.assert_array_equal(jax.jit(onednn.materialize)(x), x)
-  _, tangent = jax.jvp(onednn.materialize, (x,), (t,))
+  np.testing.assert_array_equal(jax.jit(native.materialize)(x), x)
+  _, tangent = jax.jvp(native.materialize, (x,), (t,))
   np.testing.assert_array_equal(tangent, t)
-  grad = jax.jit(jax.grad(lambda x: jnp.sum(onednn.materialize(x) * c)))(x)
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(native.materialize(x) * c)))(x)
   np.testing.assert_array_equal(grad, c)
   stacked = jnp.stack([x, t])
-  np.testing.assert_array_equal(jax.vmap(onednn.materialize)(stacked), stacked)
-  with onednn.use(False):  # a new function: traces are cached by function, not by context
-    assert "CnnJaxMaterialize" not in str(jax.make_jaxpr(lambda x: onednn.materialize(x))(x))
+  np.testing.assert_array_equal(jax.vmap(native.materialize)(stacked), stacked)
 
 
 def _residual_chain(x, kernels, store):
@@ -317,7 +345,7 @@ def _residual_chain(x, kernels, store):
   for w in kernels:
     x = jax.nn.relu(hand.correlate(x, w, padding="SAME") * 0.5 + x)
     if store:
-      x = onednn.materialize(x)
+      x = native.materialize(x)
   return x
 
 
@@ -338,15 +366,17 @@ def test_materialize_stops_xla_recomputing_a_residual_stream(rng):
   assert adds[False] == steps * (steps + 1) // 2, adds
 
 
-@pytest.mark.parametrize("grad", ["hand", "autodiff"])
-def test_hand_resnet_stores_each_block_output(grad):
+@pytest.mark.parametrize("grad,kernels", [("hand", "auto"), ("hand", "xla"),
+                                          ("autodiff", "auto")])
+def test_native_resnet_stores_each_block_output(grad, kernels):
   from cnn_jax.models import resnet  # pylint: disable=g-import-not-at-top
-  model = resnet.ResNet(num_classes=3, depth=14, grad=grad)  # 3 stages of 2 blocks
+  model = resnet.ResNet(num_classes=3, depth=14, grad=grad,  # 3 stages of 2 blocks
+                        kernels=native.resolve(kernels, grad=grad))
   x = jnp.ones((2, 8, 8, 3))
   variables = model.init(jax.random.key(0), x)
   jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x, train=True,
                                                    mutable=["batch_stats"]))(variables))
-  assert jaxpr.count("CnnJaxMaterialize") == (6 if grad == "hand" else 0)
+  assert jaxpr.count("CnnJaxMaterialize") == (6 if model.kernels.native else 0)
 
 
 def _activations(rng, channels):
@@ -362,9 +392,9 @@ def test_channel_sums_equal_float64_sums(rng):
   channels = 8 * int(rng.integers(1, 9))
   x = _activations(rng, channels)
   g = rng.normal(size=x.shape).astype(np.float32)
-  assert onednn.sums_apply(jnp.asarray(x))
-  mean, var = jax.jit(onednn.channel_moments)(x)
-  sum_g, sum_g_centred = jax.jit(onednn.channel_grad_sums)(g, x, mean)
+  assert native.sums_apply(jnp.asarray(x))
+  mean, var = jax.jit(native.channel_moments)(x)
+  sum_g, sum_g_centred = jax.jit(native.channel_grad_sums)(g, x, mean)
   x64, g64 = (a.reshape(-1, channels).astype(np.float64) for a in (x, g))
   mean64 = np.asarray(mean, np.float64)  # the centring point the kernel was given
   # float32 sums over blocks of 256 rows, float64 across blocks: ~sqrt(256) * 6e-8 = 1e-6 of
@@ -382,7 +412,7 @@ def test_hand_batch_norm_takes_the_channel_sums_in_float32_and_equals_autodiff(r
   x = jnp.asarray(_activations(rng, channels))
   scale, bias = (jnp.asarray(rng.normal(size=channels), jnp.float32) for _ in range(2))
   g = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
-  fast = lambda x, s, b: hand.batch_norm(x, s, b)[0]
+  fast = lambda x, s, b: hand.batch_norm(x, s, b, sums=native.CHANNEL_SUMS)[0]
   reference = lambda x, s, b: ops.batch_norm(x, s, b)[0]
   jaxpr = str(jax.make_jaxpr(lambda *a: jax.vjp(fast, *a)[1](g))(x, scale, bias))
   assert "CnnJaxChannelMoments" in jaxpr and "CnnJaxChannelGradSums" in jaxpr
@@ -400,18 +430,16 @@ def test_hand_batch_norm_takes_the_channel_sums_in_float32_and_equals_autodiff(r
   assert _rel(hvp(fast), hvp(reference)) < 1e-4
 
 
-@pytest.mark.parametrize("case", ["7 channels", "float64", "switched off"])
+@pytest.mark.parametrize("case", ["7 channels", "float64", "not given"])
 def test_hand_batch_norm_keeps_its_matmul_sums_elsewhere(rng, case):
   channels = 7 if case == "7 channels" else 16
   x = jnp.asarray(_activations(rng, channels), jnp.float32)
   scale, bias = jnp.ones(channels), jnp.zeros(channels)
-  fn = lambda x: jax.grad(lambda x: hand.batch_norm(x, scale, bias)[0].sum())(x)
+  sums = None if case == "not given" else native.CHANNEL_SUMS
+  fn = lambda x: jax.grad(lambda x: hand.batch_norm(x, scale, bias, sums=sums)[0].sum())(x)
   if case == "float64":
     with jax.enable_x64(True):
       jaxpr = str(jax.make_jaxpr(fn)(x.astype(jnp.float64)))
-  elif case == "switched off":
-    with onednn.use(False):
-      jaxpr = str(jax.make_jaxpr(fn)(x))
   else:
     jaxpr = str(jax.make_jaxpr(fn)(x))
   assert "CnnJaxChannel" not in jaxpr

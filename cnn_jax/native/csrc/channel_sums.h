@@ -1,4 +1,4 @@
-// BatchNorm's per-channel sums over the activations (cnn_jax.ops.onednn, channel_moments /
+// BatchNorm's per-channel sums over the activations (cnn_jax.native, channel_moments /
 // channel_grad_sums; used by cnn_jax.ops.hand.normalization).
 //
 // XLA's formulation materializes each product whose sum is wanted (for the matmul that sums

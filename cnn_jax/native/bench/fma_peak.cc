@@ -2,7 +2,7 @@
 // (enough to cover the FMA latency), nothing loaded from memory. A ceiling for any convolution
 // or matmul on the 2-core CI machine (docs/benchmarks.md, eighth session):
 //
-//   g++ -O3 -mavx2 -mfma -fopenmp bench/native/fma_peak.cc -o /tmp/fma_peak && /tmp/fma_peak
+//   g++ -O3 -mavx2 -mfma -fopenmp cnn_jax/native/bench/fma_peak.cc -o /tmp/fma_peak && /tmp/fma_peak
 //
 // (-O3: at -O2 GCC keeps the 12 accumulators in memory and the loop runs at half the rate.)
 #include <immintrin.h>

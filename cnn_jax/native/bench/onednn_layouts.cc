@@ -2,14 +2,14 @@
 //
 // For each stage's stride-1 convolution (batch 128; 16 channels at 32x32, 32 at 16x16, 64 at
 // 8x8) it times oneDNN's forward, backward-data and backward-weights primitives with the
-// activations in NHWC (what cnn_jax.ops.onednn passes, as XLA holds them), in oneDNN's blocked
+// activations in NHWC (what cnn_jax.native passes, as XLA holds them), in oneDNN's blocked
 // nChw8c (nChw16c has only the reference implementation on AVX2: ~13 s a call), and in the
 // layout oneDNN picks (`any`), and the reorder of an NHWC input into that layout: what a
 // handler would pay to use a blocked implementation. Kernels are
-// `any` throughout, as in cnn_jax/ops/onednn_conv.cc. Build and run from the repository root
+// `any` throughout, as in cnn_jax/native/csrc/onednn_conv.cc. Build and run from the repository root
 // (docs/benchmarks.md, eighth session):
 //
-//   P=.venv; g++ -O2 -std=c++17 bench/native/onednn_layouts.cc -I$P/include -L$P/lib -ldnnl \
+//   P=.venv; g++ -O2 -std=c++17 cnn_jax/native/bench/onednn_layouts.cc -I$P/include -L$P/lib -ldnnl \
 //       -Wl,-rpath,$P/lib -o /tmp/onednn_layouts && /tmp/onednn_layouts
 #include <chrono>
 #include <cstdio>

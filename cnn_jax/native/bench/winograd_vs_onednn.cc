@@ -1,18 +1,18 @@
-// cnn_jax's Winograd kernels, F(2x2, 3x3) (cnn_jax/ops/winograd_f2x3.h) and F(4x4, 3x3)
+// cnn_jax's Winograd kernels, F(2x2, 3x3) (cnn_jax/native/csrc/winograd_f2x3.h) and F(4x4, 3x3)
 // (winograd_f4x3.h), against oneDNN's direct convolutions, alone, on the CIFAR ResNets'
 // stride-1 3x3 layers.
 //
 // For each layer (batch, channels, size; default: the three stages of a 32x32 ResNet at batch
 // 128, then the demo's 12x12 stages at batch 64) it times, best of 20 calls: oneDNN's
 // forward, backward-data and backward-weights primitives (NHWC activations, `any` kernel
-// layout, the weight gradient reordered back to HWIO, as cnn_jax/ops/onednn_conv.cc does) and
+// layout, the weight gradient reordered back to HWIO, as cnn_jax/native/csrc/onednn_conv.cc does) and
 // the same three products by Winograd with 2x2 and 4x4 output tiles (F4: sizes multiples of
 // 4 only), and prints each one's error: its largest difference from a float64 direct sum over
 // that sum's largest entry. GFLOP/s count the direct algorithm's 2*N*H*W*C*O*9 for all, so
 // Winograd's figures are effective rates. Build and run from the repository root
 // (docs/benchmarks.md, ninth session):
 //
-//   P=.venv; g++ -O2 -std=c++17 -fopenmp bench/native/winograd_vs_onednn.cc -Icnn_jax/ops \
+//   P=.venv; g++ -O2 -std=c++17 -fopenmp cnn_jax/native/bench/winograd_vs_onednn.cc -Icnn_jax/native/csrc \
 //       -I$P/include -L$P/lib -ldnnl -Wl,-rpath,$P/lib -o /tmp/winograd_vs_onednn && \
 //       /tmp/winograd_vs_onednn [N,C,H ...]
 #include <algorithm>

@@ -1,8 +1,8 @@
 // oneDNN's 2-D convolutions as XLA FFI handlers: forward, backward data, backward weights.
 //
-// Built by `python -m cnn_jax.ops.onednn build` (called by `make`) against the pinned
+// Built by `python -m cnn_jax.native build` (and by `pip install`) against the pinned
 // onednn-cpu-gomp wheel; loaded and wrapped as differentiable JAX functions by
-// cnn_jax/ops/onednn.py, which documents the contract. Every handler takes float32 arrays in
+// cnn_jax/native/ffi.py, which documents the contract. Every handler takes float32 arrays in
 // the layouts cnn_jax uses everywhere (activations (N, H, W, C), kernels (KH, KW, C_in,
 // C_out)), so no transposes run on the XLA side; oneDNN picks its own kernel layout and the
 // handlers reorder the (small) kernel to and from it. Attributes: stride, dilation (1 = dense),
@@ -280,7 +280,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardData, BackwardData, CNN_JA
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConvBackwardWeights, BackwardWeights,
                               CNN_JAX_CONV_BINDING);
 
-// The identity as a call XLA cannot fuse through (cnn_jax.ops.onednn.materialize): its
+// The identity as a call XLA cannot fuse through (cnn_jax.native.materialize): its
 // operand is computed once, into memory, and every consumer reads that memory instead of
 // recomputing the operand's elementwise chain. The result aliases the operand
 // (input_output_aliases), so normally the buffers are the same and nothing is copied.
@@ -297,7 +297,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxMaterialize, Materialize,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 
 // BatchNorm's channel sums (channel_sums.h) over x viewed as (rows, C): C is x's last
-// dimension, a multiple of 8 (cnn_jax.ops.onednn checks).
+// dimension, a multiple of 8 (cnn_jax.native.ffi checks).
 namespace {
 int64_t Rows(const ffi::Buffer<ffi::F32>& x) {
   return static_cast<int64_t>(x.element_count()) / x.dimensions().back();
