@@ -1,10 +1,14 @@
-"""The gradient-check study: every hand-written VJP against autodiff and finite differences.
+"""The gradient-check study: every hand-written VJP against autodiff and finite differences,
+and every native kernel the trainer can run against float64 autodiff of the pure op.
 
 ``run(config, workdir)`` checks the grid ``config.grid`` ("full" or "quick") of
-``cnn_jax.analysis.gradcheck`` with inputs drawn from ``config.seed``, prints one table row
-per configuration as it goes, writes ``gradcheck.md`` and ``gradcheck.csv`` into ``workdir``
-and returns a summary whose ``ok`` is False when any row exceeds its tolerance (the launcher
-turns that into a non-zero exit code).
+``cnn_jax.analysis.gradcheck`` (path ``ops.hand (XLA)``, float64) and of
+``cnn_jax.analysis.native_gradcheck`` (paths ``native:...``, float32; none where the native
+kernels cannot run here, and the table says why) with inputs drawn from ``config.seed``,
+prints one table row per configuration as it goes, writes ``gradcheck.md``,
+``gradcheck.csv`` and ``gradcheck_native.csv`` into ``workdir`` and returns a summary whose
+``ok`` is False when any row exceeds its tolerance (the launcher turns that into a non-zero
+exit code).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import os
 
 from cnn_jax import atomic
-from cnn_jax.analysis import gradcheck
+from cnn_jax.analysis import gradcheck, native_gradcheck
 
 
 def run(config, workdir: str) -> dict:
@@ -45,13 +49,22 @@ def run(config, workdir: str) -> dict:
     print(gradcheck.format_markdown([row]).splitlines()[-1], flush=True)
 
   rows = gradcheck.run_grid(grid_name, seed, cases=cases, progress=show)
-  failed = [row for row in rows if not row["passed"]]
+  print("\n".join(native_gradcheck.format_markdown([]).splitlines()), flush=True)
+  native_rows, native_missing = native_gradcheck.run(
+      grid_name, seed,
+      progress=lambda row: print(native_gradcheck.format_markdown([row]).splitlines()[-1],
+                                 flush=True))
+  if native_missing:
+    print(f"native kernels not checked: {native_missing}")
+  failed = [row for row in rows + native_rows if not row["passed"]]
   summary = {
       "ok": not failed,
       "grid": grid_name,
       "seed": seed,
       "tolerances": dict(gradcheck.TOLERANCES),
       "num_rows": len(rows),
+      "native_rows": native_rows,
+      "native_missing": native_missing,
       "num_failed": len(failed),
       "max_err_autodiff": max(r["err_autodiff"] for r in rows),
       "max_err_fd": max(r["err_fd"] for r in rows),
@@ -59,7 +72,8 @@ def run(config, workdir: str) -> dict:
       "rows": rows,
       "failed": failed,
   }
-  verdict = "all rows pass" if summary["ok"] else f"{len(failed)} of {len(rows)} rows FAIL"
+  verdict = ("all rows pass" if summary["ok"]
+             else f"{len(failed)} of {len(rows) + len(native_rows)} rows FAIL")
   text = (
       f"# Gradient check: hand-written VJPs vs autodiff and finite differences\n\n"
       f"grid `{grid_name}` ({len(rows)} configurations), seed {seed}, float64. "
@@ -72,7 +86,16 @@ def run(config, workdir: str) -> dict:
   notes = [f"- {r['op']} {r['shapes']} {r['padding']}: {r['note']}" for r in rows if r["note"]]
   if notes:
     text += "\nNotes:\n" + "\n".join(notes) + "\n"
+  text += ("\n## Native kernels (float32) against float64 autodiff of the pure op\n\n"
+           "What the trainer runs where `kernels` is `auto` or `native` (`(default)`: the "
+           "default training config's path). Errors relative to the largest entry; tolerance "
+           "per row: float32 rounding over the longest sum, `FACTOR * sqrt(sum_length) * "
+           f"2^-24`, FACTOR {native_gradcheck.FACTOR} (second order: 3x).\n\n")
+  text += (native_gradcheck.format_markdown(native_rows) if native_rows
+           else f"Not checked here: {native_missing}.\n")
   atomic.write_text(os.path.join(workdir, "gradcheck.md"), text)
   atomic.write_text(os.path.join(workdir, "gradcheck.csv"), gradcheck.format_csv(rows))
+  atomic.write_text(os.path.join(workdir, "gradcheck_native.csv"),
+                    native_gradcheck.format_csv(native_rows))
   print(verdict)
   return summary

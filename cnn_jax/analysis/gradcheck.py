@@ -112,6 +112,7 @@ class Case:
   def describe(self) -> dict:
     """The table fields of this case."""
     return {
+        "path": "ops.hand (XLA)",
         "op": self.op if self.p is None else f"{self.op}(p={self.p:g})",
         "shapes": "x" + _fmt(self.x_shape) + (
             "" if self.param_shape is None else
@@ -433,7 +434,7 @@ def run_grid(name: str = "quick", seed: int = 0, *, cases: Sequence[Case] | None
   return rows
 
 
-COLUMNS = ("op", "shapes", "dims", "window", "stride", "padding", "dilation", "groups",
+COLUMNS = ("path", "op", "shapes", "dims", "window", "stride", "padding", "dilation", "groups",
            "err_autodiff", "err_fd", "err_second", "second_order_ok", "passed")
 
 
