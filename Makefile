@@ -4,39 +4,50 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# oneDNN's convolutions (and the Winograd kernels for 3x3 layers) as an XLA FFI library
-# (cnn_jax/ops/onednn.py); if it cannot be built (no C++ compiler), one line says so and XLA's
-# convolutions run instead.
-ONEDNN_LIB := cnn_jax/ops/_onednn_conv.so
-ONEDNN_SOURCES := cnn_jax/ops/onednn_conv.cc cnn_jax/ops/winograd_f2x3.h cnn_jax/ops/winograd_f4x3.h cnn_jax/ops/channel_sums.h
+# The package is installed into .venv the way the README says (`pip install -e .`), which also
+# builds the native kernels (cnn_jax/native: oneDNN convolutions and Winograd kernels, C++
+# through XLA's FFI) into the user cache, keyed by their sources; an edited source rebuilds
+# them here. Without a C++ compiler one line says so and XLA's convolutions run instead.
+NATIVE_SOURCES := $(wildcard cnn_jax/native/csrc/*)
+NATIVE_STAMP := $(VENV)/.native-built
+# The pure path is tested with an empty cache: no native library, as on a machine without g++.
+PURE_PATH_TESTS := tests/test_train.py tests/test_grad_modes.py tests/test_models.py
 
 .PHONY: demo test test-full venv bench clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "Installing pinned requirements into $(VENV) (first run only; ~1 min)..."
+	@echo "Installing pinned requirements and the package into $(VENV) (first run only; ~1 min)..."
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	@$(PY) -m cnn_jax.native status
 	@touch $@
 
-$(ONEDNN_LIB): $(ONEDNN_SOURCES) $(STAMP)
-	@$(PY) -m cnn_jax.ops.onednn build
+$(NATIVE_STAMP): $(NATIVE_SOURCES) $(STAMP)
+	@$(PY) -m cnn_jax.native build
+	@touch $@
 
 # The main job: the depth study on offline data (prints its results table).
-demo: $(STAMP) $(ONEDNN_LIB)
-	$(PY) launch.py --experiment=depth_study --config=experiments/configs/depth_study.py:demo --workdir=runs/depth_study_demo
+demo: $(STAMP) $(NATIVE_STAMP)
+	$(VENV)/bin/cnn-jax --experiment=depth_study --config=experiments/configs/depth_study.py:demo --workdir=runs/depth_study_demo
 
-# The test suite. CI=true (set by CI) keeps the quick grids; locally the same.
-test: $(STAMP) $(ONEDNN_LIB)
-	$(PY) -m pytest -q -n 2 --dist=loadfile tests
+# The test suite (CI runs it): everything with the native kernels, then the trainer's tests on
+# the pure path.
+test: $(STAMP) $(NATIVE_STAMP)
+	$(PY) -m cnn_jax.native status
+	$(PY) -m pytest -q -n 2 --dist=loadfile tests cnn_jax/native/tests
+	@mkdir -p $(VENV)/empty-cache
+	XDG_CACHE_HOME=$(CURDIR)/$(VENV)/empty-cache $(PY) -m cnn_jax.native status
+	XDG_CACHE_HOME=$(CURDIR)/$(VENV)/empty-cache $(PY) -m pytest -q -n 2 --dist=loadfile $(PURE_PATH_TESTS)
 
 # Slow extras (full gradcheck grid, long resume runs).
-test-full: $(STAMP) $(ONEDNN_LIB)
-	CNN_JAX_FULL_TESTS=1 $(PY) -m pytest -q -n 2 --dist=loadfile tests
+test-full: $(STAMP) $(NATIVE_STAMP)
+	CNN_JAX_FULL_TESTS=1 $(PY) -m pytest -q -n 2 --dist=loadfile tests cnn_jax/native/tests
 
-bench: $(STAMP) $(ONEDNN_LIB)
+bench: $(STAMP) $(NATIVE_STAMP)
 	$(PY) -m bench.train_step --model=resnet --depth=20 --batch=128
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache $(ONEDNN_LIB)
+	rm -rf $(VENV) runs .pytest_cache
