@@ -368,7 +368,9 @@ def run_sweep(name: str, runs: Sequence[RunSpec], root: str, *, parallel: int = 
   if not overwrite:
     for r in runs:  # every run's folder checked before the first one starts
       check_identity(name, r.config, r.workdir(root))
-  pending = [i for i, r in enumerate(runs) if overwrite or not is_finished(r.workdir(root))]
+  recomputes = getattr(experiment_module(name), "RECOMPUTES", False)
+  pending = [i for i, r in enumerate(runs)
+             if overwrite or recomputes or not is_finished(r.workdir(root))]
   for i, r in enumerate(runs):
     if i not in pending:
       progress(f"[skip] {r.run_id or name}: already finished")
