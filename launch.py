@@ -14,7 +14,10 @@ grid; each run gets WORKDIR/<field=value,...>/ and the sweep gets WORKDIR/result
 results.md. Finished runs (summary.json present) are skipped, so a sweep started again only
 runs what is left. --dry_run prints one command per run instead of running.
 
-Command-line mistakes print one line and exit with code 2 before anything is written.
+Command-line mistakes print one line and exit with code 2 before anything is written; so does
+a workdir holding a run of another config (the line names the fields; --overwrite replaces it)
+or one in use by another process. A run that diverges (NaN/inf) or fails exits 1 with one
+line; Ctrl-C exits 130, and the same command resumes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from cnn_jax import rundir
 from experiments import runner
 
 FLAGS = flags.FLAGS
@@ -70,14 +74,30 @@ def define_flags(argv):
                     "(Linux). Off by default: unpinned, a run left alone at the end of a sweep "
                     "uses every core (docs/benchmarks.md).")
   flags.DEFINE_bool("dry_run", False, "Print one command per run instead of running.")
-  flags.DEFINE_bool("overwrite", False, "Run again even where summary.json says finished.")
+  flags.DEFINE_bool("overwrite", False,
+                    "Train the run (or every run of the sweep) afresh, even where a finished run "
+                    "or one of another config is there; the old results are replaced only "
+                    "when the new run has finished.")
   flags.DEFINE_bool("progress", True, "Progress bars (also off when not on a terminal).")
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 2) -> None:
   print(f"launch.py: error: {message.splitlines()[0] if message else 'bad usage'}",
         file=sys.stderr)
-  sys.exit(2)
+  sys.exit(code)
+
+
+def _config_file_error(text: str) -> str:
+  """config_flags' multi-line error (a traceback, a list of paths tried) as one line: where,
+  and its last line, which says what went wrong."""
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  head = lines[0].split("Error whilst parsing config file")[0].rstrip(": ")
+  return f"{head}: {lines[-1]}" if len(lines) > 1 else text
+
+
+def _config_unloadable(error: OSError) -> str:
+  """config_flags' "failed loading" error (the paths it tried, one a line) as one line."""
+  return f"--config: {str(error).strip().splitlines()[-1].strip()}"
 
 
 def parse_flags(argv):
@@ -93,7 +113,9 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    fail(str(e))
+    fail(_config_file_error(str(e)))
+  except OSError as e:  # the --config file did not load, seen through an override
+    fail(_config_unloadable(e))
   except (ValueError, KeyError, AttributeError, TypeError) as e:
     fail(f"bad --config override: {e}")
 
@@ -117,7 +139,11 @@ def main(argv):
     name = runner.check_experiment(FLAGS.experiment or "")
     if FLAGS.parallel < 1:
       raise runner.UsageError(f"--parallel={FLAGS.parallel} is not allowed: give an int >= 1.")
-    config = FLAGS.config
+    try:
+      config = FLAGS.config
+      "progress" in config  # pylint: disable=pointless-statement  (raises if it failed to load)
+    except OSError as e:
+      raise runner.UsageError(_config_unloadable(e)) from None
     if "progress" in config:
       config.progress = bool(config.progress) and FLAGS.progress
     axes = runner.parse_sweeps(FLAGS.sweep, config)
@@ -135,13 +161,20 @@ def main(argv):
       for command in commands:
         print(shlex.join(command))
       return 0
+    rundir.check_writable(workdir)
     if not axes:
       summary = runner.run_one(name, runs[0].config, workdir, overwrite=FLAGS.overwrite)
       return 0 if summary.get("ok", True) else 1
     summaries = runner.run_sweep(name, runs, workdir, parallel=FLAGS.parallel,
-                                 commands=commands, threads=threads, pin_cores=FLAGS.pin_cores)
-  except ValueError as e:  # a config that cannot work: one line, like any other misuse
+                                 commands=commands, threads=threads, pin_cores=FLAGS.pin_cores,
+                                 overwrite=FLAGS.overwrite)
+  except ValueError as e:  # a config or workdir that cannot work: one line, like any misuse
     fail(str(e))
+  except (FloatingPointError, runner.RunFailed) as e:  # a run diverged or failed
+    fail(str(e), code=1)
+  except KeyboardInterrupt:
+    fail(f"interrupted: run the same command again to resume {workdir} from its newest "
+         "checkpoints.", code=130)
   rows = runner.collect(runs, summaries, workdir)
   print(runner.markdown_table(rows, list(rows[0].keys())))
   print(f"results: {os.path.join(workdir, 'results.md')}")

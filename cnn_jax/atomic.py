@@ -18,6 +18,7 @@ def write_bytes(path: str, data: bytes) -> None:
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
   try:
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 → what open() would have given
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
@@ -73,6 +74,20 @@ def save_figure(fig, path: str, **kwargs) -> None:
   fmt = os.path.splitext(path)[1].lstrip(".") or "png"
   fig.savefig(buffer, format=fmt, bbox_inches="tight", **kwargs)
   write_bytes(path, buffer.getvalue())
+
+
+def _umask() -> int:
+  """The process's umask, read without changing it (``os.umask`` sets it, for all threads)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)  # no /proc: the brief set-and-restore is the only way
+  os.umask(mask)
+  return mask
 
 
 def _jsonable(value):

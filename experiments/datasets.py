@@ -15,6 +15,10 @@ import os
 from cnn_jax import atomic
 from cnn_jax import data
 
+# Cheap and derived from the config alone: the runner recomputes it every time (a rerun with
+# another config replaces it) instead of reading back a finished one.
+RECOMPUTES = True
+
 COLUMNS = ("name", "kind", "available", "train", "test", "shape", "classes", "note")
 
 

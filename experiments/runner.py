@@ -16,11 +16,14 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import hashlib
 import importlib
 import io
 import itertools
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +32,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from cnn_jax import atomic
+from cnn_jax import rundir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "experiments", "configs")
@@ -55,6 +59,10 @@ EXPERIMENTS = {
 
 class UsageError(ValueError):
   """A command-line mistake: reported in one line, exit code 2, nothing written."""
+
+
+class RunFailed(RuntimeError):
+  """Runs of a sweep that failed (diverged, or their process exited non-zero): one line."""
 
 
 def check_experiment(name: str) -> str:
@@ -123,8 +131,10 @@ def parse_sweeps(specs: Sequence[str], config: ml_collections.ConfigDict) -> lis
       raise UsageError(f"--sweep={spec!r} has no values: write --sweep={field}=v1,v2,...")
     if field in [a.field for a in axes]:
       raise UsageError(f"--sweep names {field!r} twice: give all its values in one flag.")
-    values = tuple(parse_value(field, t, config[field]) for t in texts)
-    axes.append(SweepAxis(field, values, texts))
+    parsed = {}  # value → text: a point given twice (8,8 or 0.1,1e-1) is run once
+    for text in texts:
+      parsed.setdefault(parse_value(field, text, config[field]), text)
+    axes.append(SweepAxis(field, tuple(parsed), tuple(parsed.values())))
   return axes
 
 
@@ -138,6 +148,16 @@ class RunSpec:
     return os.path.join(root, self.run_id) if self.run_id else root
 
 
+def path_part(text: str) -> str:
+  """``text`` as one safe file-name part: unchanged if it only has letters, digits and
+  ``._+-`` (not leading dots); else those kept, the rest ``_``, plus a short hash of ``text``
+  so that two values never share a folder (``folder:../x`` → ``folder_.._x-1a2b3c``)."""
+  clean = re.sub(r"[^A-Za-z0-9._+-]", "_", text)[:64]
+  if clean == text and not text.startswith("."):
+    return text
+  return f"{clean.lstrip('.')}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
+
+
 def expand(config: ml_collections.ConfigDict, axes: Sequence[SweepAxis]) -> list[RunSpec]:
   """The grid of runs: one RunSpec per combination of sweep values (one run if no sweep)."""
   if not axes:
@@ -149,7 +169,7 @@ def expand(config: ml_collections.ConfigDict, axes: Sequence[SweepAxis]) -> list
     for axis, (value, text) in zip(axes, combo):
       run_config[axis.field] = value
       overrides.append((axis.field, text))
-    run_id = ",".join(f"{f}={t}" for f, t in overrides)
+    run_id = ",".join(f"{f}={path_part(t)}" for f, t in overrides)
     runs.append(RunSpec(run_id, run_config, tuple(overrides)))
   return runs
 
@@ -184,24 +204,95 @@ def read_summary(workdir: str) -> dict:
     return json.load(f)
 
 
+RUN_RECORD = "run.json"  # {"experiment", "code_version"} of the run in a folder
+
+
+def check_identity(name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ``rundir.RunDirError`` if ``workdir`` holds a run that this one must not reuse.
+
+  That is a run of another experiment, or (unless the experiment ``RECOMPUTES``, being cheap
+  and derived: summary, datasets) one with another config (see ``cnn_jax.rundir``). Tools on
+  an existing run (``WRITES_SUMMARY = False``: plot) are not checked.
+  """
+  module = experiment_module(name)
+  if not getattr(module, "WRITES_SUMMARY", True):
+    return
+  try:
+    with open(os.path.join(workdir, RUN_RECORD), encoding="utf-8") as f:
+      other = json.load(f).get("experiment", name)
+  except (OSError, ValueError, AttributeError):
+    other = name
+  if other != name:
+    raise rundir.RunDirError(f"{workdir} holds a run of --experiment={other}, not {name}; "
+                             "--overwrite replaces it, or give another --workdir.")
+  if not getattr(module, "RECOMPUTES", False):
+    rundir.check_same_config(workdir, config.to_dict())
+
+
 def run_one(name: str, config: ml_collections.ConfigDict, workdir: str, *,
             overwrite: bool = False) -> dict:
   """Runs experiment ``name`` once into ``workdir``; a finished run is read back, not redone.
 
-  The experiment's own ``run`` writes its files; if it did not write ``summary.json``, the
-  returned summary is written there (atomically), which marks the run finished.
+  ``workdir`` is locked while the run writes (``rundir.lock``). A run there of another
+  experiment or config stops it (``check_identity``); with ``overwrite`` the run is trained
+  afresh in a hidden sibling folder and swapped in only once finished. The experiment's own
+  ``run`` writes its files; if it did not write ``summary.json``, the returned summary is
+  written there (atomically), which marks the run finished.
   """
   module = experiment_module(name)
   writes_summary = getattr(module, "WRITES_SUMMARY", True)
-  if writes_summary and is_finished(workdir) and not overwrite:
-    print(f"{workdir} is finished (summary.json); --overwrite runs it again.")
-    return read_summary(workdir)
-  summary = module.run(config, workdir)
-  if summary is None:
-    summary = {}
-  if writes_summary and (not is_finished(workdir) or overwrite):
-    atomic.write_json(os.path.join(workdir, "summary.json"), summary)
+  recomputes = getattr(module, "RECOMPUTES", False)
+  if not writes_summary:  # a tool on an existing run (plot): it may be training still
+    return module.run(config, workdir) or {}
+  with rundir.lock(workdir):
+    if overwrite and not recomputes and set(os.listdir(workdir)) - {rundir.LOCK_FILE}:
+      return _run_replacing(name, config, workdir)
+    if not overwrite:
+      check_identity(name, config, workdir)
+    if is_finished(workdir) and not (overwrite or recomputes):
+      print(f"{workdir} is finished (summary.json); --overwrite runs it again.")
+      return read_summary(workdir)
+    atomic.write_json(os.path.join(workdir, RUN_RECORD),
+                      {"experiment": name, "code_version": rundir.code_version()})
+    atomic.write_json(os.path.join(workdir, rundir.CONFIG_FILE), config.to_dict())
+    summary = module.run(config, workdir)
+    if summary is None:
+      summary = {}
+    if not is_finished(workdir) or overwrite or recomputes:
+      atomic.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
+
+
+def _run_replacing(name: str, config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs afresh in ``.<workdir>.overwrite`` beside ``workdir`` (held locked by the caller),
+  then swaps the two folders: the old results stay whole until the new run has finished.
+  Started again after a crash, a new run there of the same config resumes."""
+  workdir = os.path.abspath(workdir)
+  fresh = os.path.join(os.path.dirname(workdir), f".{os.path.basename(workdir)}.overwrite")
+  try:
+    check_identity(name, config, fresh)
+  except rundir.RunDirError:
+    shutil.rmtree(fresh)  # a leftover of another config: nothing to keep
+  summary = run_one(name, config, fresh)
+  _exchange(fresh, workdir)
+  shutil.rmtree(fresh)  # now the old run
+  return summary
+
+
+def _exchange(a: str, b: str) -> None:
+  """Swaps folders ``a`` and ``b`` (one atomic ``renameat2(RENAME_EXCHANGE)`` on Linux)."""
+  import ctypes  # pylint: disable=g-import-not-at-top
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, a.encode(), at_fdcwd, b.encode(), rename_exchange) == 0:
+      return
+  except (OSError, AttributeError):
+    pass
+  aside = b + ".old"  # no atomic exchange here: b is missing for two renames' time
+  os.rename(b, aside)
+  os.rename(a, b)
+  os.rename(aside, a)
 
 
 def print_line(text: str) -> None:
@@ -264,7 +355,7 @@ def parallel_with_threads(name: str, parallel_with: str) -> bool:
 
 def run_sweep(name: str, runs: Sequence[RunSpec], root: str, *, parallel: int = 1,
               commands: Sequence[Sequence[str]] | None = None, threads: bool = False,
-              pin_cores: bool = False,
+              pin_cores: bool = False, overwrite: bool = False,
               progress: Callable[[str], None] | None = None) -> list[dict]:
   """Runs every run not finished yet, ``parallel`` at a time, and returns all summaries.
 
@@ -274,24 +365,35 @@ def run_sweep(name: str, runs: Sequence[RunSpec], root: str, *, parallel: int = 
   the cores (``sched_setaffinity``; XLA sizes its thread pool from the affinity mask).
   """
   progress = progress or print_line
-  pending = [i for i, r in enumerate(runs) if not is_finished(r.workdir(root))]
+  if not overwrite:
+    for r in runs:  # every run's folder checked before the first one starts
+      check_identity(name, r.config, r.workdir(root))
+  recomputes = getattr(experiment_module(name), "RECOMPUTES", False)
+  pending = [i for i, r in enumerate(runs)
+             if overwrite or recomputes or not is_finished(r.workdir(root))]
   for i, r in enumerate(runs):
     if i not in pending:
       progress(f"[skip] {r.run_id or name}: already finished")
+  failures = []
 
   def run_in_this_process(i: int) -> None:
     progress(f"[run ] {runs[i].run_id or name}")
-    run_one(name, runs[i].config, runs[i].workdir(root))
+    try:
+      run_one(name, runs[i].config, runs[i].workdir(root), overwrite=overwrite)
+    except FloatingPointError as e:  # diverged: the other runs go on
+      progress(f"[fail] {runs[i].run_id}: {e}")
+      failures.append(runs[i].run_id)
 
   if parallel == 1 or len(pending) <= 1 or threads:
     map_in_threads(run_in_this_process, pending, parallel)
+    if failures:
+      raise RunFailed(f"{len(failures)} run(s) failed: {', '.join(failures)}.")
   else:
     slots = core_slots(parallel) if pin_cores else [set() for _ in range(parallel)]
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(len(slots[0]) or max(1, (os.cpu_count() or 1) // parallel))
     queue = list(pending)
     active: list[tuple[int, int, subprocess.Popen, Any]] = []  # (run, slot, process, log)
-    failures = []
     while queue or active:
       free = [k for k in range(parallel) if k not in {slot for _, slot, _, _ in active}]
       while queue and free:
@@ -299,7 +401,8 @@ def run_sweep(name: str, runs: Sequence[RunSpec], root: str, *, parallel: int = 
         progress(f"[run ] {runs[i].run_id} (process)")
         log = open(os.path.join(_ensure_dir(runs[i].workdir(root)), "launch.log"), "w")
         pin = (lambda cores=slots[slot]: os.sched_setaffinity(0, cores)) if slots[slot] else None
-        active.append((i, slot, subprocess.Popen(commands[i], env=env, stdout=log,
+        command = list(commands[i]) + (["--overwrite"] if overwrite else [])
+        active.append((i, slot, subprocess.Popen(command, env=env, stdout=log,
                                                  stderr=subprocess.STDOUT, cwd=REPO_ROOT,
                                                  preexec_fn=pin), log))
       done = _wait_any([process for _, _, process, _ in active])
@@ -308,8 +411,8 @@ def run_sweep(name: str, runs: Sequence[RunSpec], root: str, *, parallel: int = 
       if process.returncode != 0:
         failures.append(runs[i].run_id)
     if failures:
-      raise RuntimeError(f"{len(failures)} run(s) failed: {', '.join(failures)}; see their "
-                         "launch.log.")
+      raise RunFailed(f"{len(failures)} run(s) failed: {', '.join(failures)}; see their "
+                      "launch.log.")
   return [read_summary(r.workdir(root)) for r in runs]
 
 

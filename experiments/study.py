@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
+from cnn_jax import rundir
 from experiments import runner
 
 
@@ -92,6 +93,7 @@ def train_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]], w
     name, config = named
     run_dir = os.path.join(workdir, name)
     if runner.is_finished(run_dir):
+      rundir.check_same_config(run_dir, config.to_dict())
       log(f"[skip] {name}: already finished")
       summary = runner.read_summary(run_dir)
     else:
@@ -114,7 +116,7 @@ def parse_variants(text: str, config: ml_collections.ConfigDict) -> list[tuple[s
   """
   variants = []
   for item in [v.strip() for v in str(text).split(";") if v.strip()]:
-    overrides = {}
+    overrides, parts = {}, []
     for assignment in item.split(","):
       field, sep, value = assignment.partition("=")
       field = field.strip()
@@ -122,7 +124,10 @@ def parse_variants(text: str, config: ml_collections.ConfigDict) -> list[tuple[s
         raise ValueError(f"variants item {item!r}: {field!r} is not a config field "
                          "(write field=value,field=value;...).")
       overrides[field] = runner.parse_value(field, value.strip(), config[field])
-    variants.append((item.replace(" ", ""), overrides))  # named like a sweep's run
+      parts.append(f"{field}={runner.path_part(value.strip())}")
+    name = ",".join(parts)  # named like a sweep's run
+    if name not in [n for n, _ in variants]:  # a variant given twice is run once
+      variants.append((name, overrides))
   if not variants:
     raise ValueError(f"variants={text!r} is empty: write field=value,...;field=value,...")
   return variants

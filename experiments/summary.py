@@ -17,6 +17,10 @@ from cnn_jax import atomic, models
 from cnn_jax.analysis import counting
 from cnn_jax.models import checks
 
+# Cheap and derived from the config alone: the runner recomputes it every time (a rerun with
+# another config replaces it) instead of reading back a finished one.
+RECOMPUTES = True
+
 
 def input_shape(config) -> tuple[int, int, int, int]:
   """``(1, image_size, image_size, input_channels)`` from the config (checked)."""

@@ -9,6 +9,7 @@ which every source builds its record: it validates shapes, dtypes and labels (on
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 
@@ -98,6 +99,12 @@ def make_dataset(name: str, x_train, y_train, x_test, y_test, num_classes: int, 
     arrays[field] = y.astype(np.int32)
   if arrays["x_train"].shape[0] == 0:
     raise ValueError(f"{where}: the training split is empty.")
+  if num_classes < 2:
+    raise ValueError(f"{where}: {num_classes} class; a classifier needs at least 2.")
+  absent = _absent_classes(arrays["y_train"], num_classes, class_names)
+  if absent:
+    raise ValueError(f"{where}: class(es) {', '.join(absent)} have no training example; every "
+                     f"class needs some.")
   if train_size < 0:
     raise ValueError(f"train_size={train_size} is negative; use 0 for the whole split.")
   if train_size:
@@ -107,6 +114,16 @@ def make_dataset(name: str, x_train, y_train, x_test, y_test, num_classes: int, 
     keep = np.sort(pipeline.epoch_permutation(n, 0, 0)[:train_size])
     arrays["x_train"] = arrays["x_train"][keep]
     arrays["y_train"] = arrays["y_train"][keep]
+    absent = _absent_classes(arrays["y_train"], num_classes, class_names)
+    if absent:
+      logging.warning("train_size=%d leaves class(es) %s of %s without a training example.",
+                      train_size, ", ".join(absent), name)
   mean, std = pipeline.channel_stats(arrays["x_train"])
   return Dataset(name=name, num_classes=int(num_classes), mean=mean, std=std,
                  class_names=tuple(class_names), **arrays)
+
+
+def _absent_classes(labels: np.ndarray, num_classes: int, class_names=()) -> list[str]:
+  """The classes (named where ``class_names`` has names) that no label in ``labels`` holds."""
+  absent = np.setdiff1d(np.arange(num_classes), labels)
+  return [str(class_names[i]) if len(class_names) > i else str(i) for i in absent]

@@ -14,10 +14,12 @@ a kill after the loop has moved on.
 from __future__ import annotations
 
 import os
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 class Checkpoints:
@@ -68,6 +70,71 @@ class Checkpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def restore_newest(directory: str, keep: int, like,
+                   check_meta: Callable[[int, dict], None] | None = None, *,
+                   set_aside: bool = False):
+  """The newest checkpoint in ``directory`` that can be read, falling back to older ones.
+
+  A checkpoint whose state or record cannot be read (a truncated or corrupt file) is logged
+  in one line naming its step and folder, and the next older one is tried.
+
+  Args:
+    directory: a ``checkpoints/`` folder (need not exist).
+    keep: as for ``Checkpoints``.
+    like: as for ``Checkpoints.restore``.
+    check_meta: called with ``(step, meta)`` before the state is read; what it raises
+      (another model, say) is passed on, not taken for a read error.
+    set_aside: move the unreadable checkpoints newer than the one restored to
+      ``<directory>.unreadable/<step>`` (a run that goes on must save those steps again).
+  Returns:
+    ``(step, state, meta)``, or ``(None, None, None)`` where there is no checkpoint.
+  Raises:
+    ValueError: there are checkpoints but none can be read (one line).
+  """
+  if not os.path.isdir(directory):
+    return None, None, None
+  ckpts = Checkpoints(directory, keep)
+  unreadable, found = [], (None, None, None)
+  try:
+    steps = sorted(ckpts.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        meta = ckpts.read_meta(step)
+        missing = {"fingerprint", "window", "wall_time_s"} - set(meta)
+        if missing:
+          raise ValueError(f"its record lacks {sorted(missing)}")
+      except Exception as e:  # pylint: disable=broad-except  (any read error: try the older)
+        unreadable.append(_unreadable(ckpts.directory, step, e))
+        continue
+      if check_meta is not None:
+        check_meta(step, meta)
+      try:
+        found = (step, ckpts.restore(step, like), meta)
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        unreadable.append(_unreadable(ckpts.directory, step, e))
+  finally:
+    ckpts.close()
+  if steps and found[0] is None:
+    raise ValueError(f"no checkpoint in {directory} can be read (steps "
+                     f"{', '.join(map(str, steps))}); --overwrite starts the run afresh.")
+  if set_aside:
+    for step in unreadable:
+      aside = os.path.join(directory + ".unreadable", f"{step}-{time.time_ns()}")
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      os.replace(os.path.join(directory, str(step)), aside)
+  return found
+
+
+def _unreadable(directory: str, step: int, error: Exception) -> int:
+  """Logs that checkpoint ``step`` cannot be read, in one line; returns ``step``."""
+  text = str(error).strip().splitlines()
+  logging.warning("checkpoint at step %d (%s) cannot be read, trying an older one: %s: %s",
+                  step, os.path.join(directory, str(step)), type(error).__name__,
+                  text[0] if text else "")
+  return step
 
 
 def check_same_model(saved: dict[str, Any], current: dict[str, Any], directory: str) -> None:

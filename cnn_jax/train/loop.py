@@ -15,9 +15,13 @@ Every input check runs before anything is written, traced or compiled.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +33,7 @@ from absl import logging
 
 from cnn_jax import atomic
 from cnn_jax import native
+from cnn_jax import rundir
 from cnn_jax.train import checkpoints as checkpoints_lib
 from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import optim
@@ -92,10 +97,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def data_and_model(config: ml_collections.ConfigDict, dataset=None, model=None):
-  """The run's dataset and model (loaded/built unless given); sets ``config.num_classes``."""
+  """The run's dataset and model (loaded/built unless given); sets ``config.num_classes``.
+
+  Raises:
+    ValueError: the batch is larger than the training split (one line).
+  """
   if dataset is None:
     from cnn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
     dataset = data_lib.load(config)
+  if config.batch_size > len(dataset.x_train):
+    raise ValueError(f"batch_size={config.batch_size} is larger than the {len(dataset.x_train)} "
+                     "training examples: give batch_size <= the training split.")
   with config.unlocked():
     config.num_classes = int(dataset.num_classes)
   if model is None:
@@ -171,7 +183,8 @@ def _clear_run(workdir: str) -> None:
       os.remove(path)
   for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
     os.remove(path)
-  shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+  for name in ("checkpoints", "checkpoints.unreadable"):
+    shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
 
 
 def _sync(name: str) -> None:
@@ -213,6 +226,49 @@ def evaluate(eval_step: Callable, state, images: np.ndarray, labels: np.ndarray,
   return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
+def _holding_workdir_lock(train: Callable) -> Callable:
+  """Runs ``train(config, workdir, ...)`` holding ``workdir``'s lock (``rundir.lock``; process
+  0 of a multi-process run holds it for all)."""
+  @functools.wraps(train)
+  def locked(config, workdir, **kwargs):
+    chief = int(config.get("process_id", 0)) == 0
+    with rundir.lock(workdir) if chief else contextlib.nullcontext():
+      return train(config, workdir, **kwargs)
+  return locked
+
+
+@contextlib.contextmanager
+def _ctrl_c_between_steps():
+  """Within the block, a first Ctrl-C (SIGINT) only sets ``stop["asked"]``, which the loop
+  reads between steps: it then raises KeyboardInterrupt there, never inside a checkpoint
+  save. A second Ctrl-C interrupts at once. Only in the main thread (signals go there)."""
+  stop = {"asked": False}
+  if threading.current_thread() is not threading.main_thread():
+    yield stop
+    return
+
+  def ask(signum, frame):
+    if stop["asked"]:
+      signal.default_int_handler(signum, frame)
+    stop["asked"] = True
+
+  previous = signal.signal(signal.SIGINT, ask)
+  try:
+    yield stop
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+def _divergence(step: int, scalars: dict, last_saved: int | None, ckpt_dir: str) -> str:
+  """One line: the step and the first quantity (``steps.FINITE_CHECKS``) that was not finite."""
+  quantity = next(q for q, ok in zip(steps_lib.FINITE_CHECKS, scalars["finite"]) if not ok)
+  kept = (f"the newest checkpoint (step {last_saved}, in {ckpt_dir}) is the last good state"
+          if last_saved is not None else "no checkpoint was saved before it")
+  return (f"training diverged at step {step}: NaN or inf in the {quantity} (loss "
+          f"{float(scalars['loss']):.4g}); {kept}; try a smaller learning_rate")
+
+
+@_holding_workdir_lock
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model=None,
                        dataset=None, devices: Sequence[jax.Device] | None = None,
                        batch_indices: Callable | None = None,
@@ -238,10 +294,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     ``steps``, ``wall_time_s`` (all sessions of the run), ``num_params``, ``devices``,
     ``processes``, ``resumed_from`` (the checkpoint step this session started from, or None).
   Raises:
-    ValueError: a bad field (before anything is written), or a checkpoint of another model.
+    ValueError: a bad field (before anything is written), a checkpoint of another model, a
+      run of another config in ``workdir`` (``rundir.RunDirError``, unless ``overwrite`` or
+      not ``resume``), or checkpoints none of which can be read.
     FileExistsError: ``workdir`` holds a finished run and ``overwrite`` is False.
-    FloatingPointError: the loss or the gradient became NaN/inf (the step is named; the
-      checkpoints on disk are the last good ones).
+    FloatingPointError: the loss, the gradient or the update held a NaN/inf (the step and
+      the quantity are named; no checkpoint is written from that step).
   """
   t_start = time.time()
   config = resolve_config(config)
@@ -254,6 +312,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
   is_chief = jax.process_index() == 0
   workdir = os.path.abspath(workdir)
   summary_path = os.path.join(workdir, SUMMARY_FILE)
+  fresh = config.overwrite or not config.resume
+  if not fresh:
+    rundir.check_same_config(workdir, config.to_dict())
   if os.path.exists(summary_path) and not config.overwrite:
     raise FileExistsError(f"workdir {workdir} holds a finished run ({SUMMARY_FILE} exists); "
                           "set overwrite=True to train it again")
@@ -273,22 +334,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
   fingerprint["model_config"]["input_shape"] = list(input_shape)
   num_params = int(sum(np.prod(s) for s in fingerprint["param_shapes"].values()))
 
-  # Decide fresh start vs resume, and check a resumed checkpoint's model, before writing.
+  # Decide fresh start vs resume, and restore the newest readable checkpoint (of the same
+  # model), before writing.
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  fresh = config.overwrite or not config.resume
-  resume_step = None
-  if not fresh and os.path.isdir(ckpt_dir):
-    probe = checkpoints_lib.Checkpoints(ckpt_dir, config.keep_checkpoints)
-    try:
-      resume_step = probe.latest_step()
-      if resume_step is not None:
-        meta = probe.read_meta(resume_step)
-        checkpoints_lib.check_same_model(meta["fingerprint"], fingerprint, ckpt_dir)
-        if resume_step > config.num_steps:
-          raise ValueError(f"num_steps={config.num_steps}: the checkpoint in {ckpt_dir} is at "
-                           f"step {resume_step}, past the end")
-    finally:
-      probe.close()
+  replicated = sharding_lib.replicated(mesh)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+
+  def check_meta(step, meta):
+    checkpoints_lib.check_same_model(meta["fingerprint"], fingerprint, ckpt_dir)
+    if step > config.num_steps:
+      raise ValueError(f"num_steps={config.num_steps}: the checkpoint in {ckpt_dir} is at "
+                       f"step {step}, past the end")
+
+  resume_step = state = meta = None
+  if not fresh:
+    resume_step, state, meta = checkpoints_lib.restore_newest(
+        ckpt_dir, config.keep_checkpoints, jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+            state_sharding), check_meta, set_aside=is_chief)
 
   # Nothing to resume (no complete checkpoint): start clean, dropping a dead run's leftovers.
   fresh = fresh or resume_step is None
@@ -308,18 +371,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     atomic.write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
   _sync("cnn_jax.train: workdir ready")
 
-  replicated = sharding_lib.replicated(mesh)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
   ckpts = checkpoints_lib.Checkpoints(ckpt_dir, config.keep_checkpoints)
   window = {"loss": 0.0, "accuracy": 0.0, "steps": 0}
   wall_before = 0.0
   if resume_step is None:
     state = state_lib.create_jitted(model, tx, input_shape, config.seed, state_sharding)
   else:
-    state = ckpts.restore(resume_step, jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
-        state_sharding))
-    meta = ckpts.read_meta(resume_step)
     window = meta["window"]
     wall_before = meta["wall_time_s"]
     logging.info("resumed from the checkpoint at step %d in %s", resume_step, ckpt_dir)
@@ -349,20 +406,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     return {"fingerprint": fingerprint, "window": window,
             "wall_time_s": wall_before + time.time() - t_start}
 
+  interrupts = contextlib.ExitStack()
+  ctrl_c = interrupts.enter_context(_ctrl_c_between_steps())
   try:
     # Throughput counts only this session's steps and time (a resumed window began earlier).
     timed_steps, window_time, window_start = 0, 0.0, time.time()
     while step < config.num_steps:
+      if ctrl_c["asked"]:
+        raise KeyboardInterrupt
       idx = np.asarray(batch_indices(num_train, config.batch_size, config.seed, step))[rows]
       batch = sharding_lib.global_batch({"image": x_train[idx], "label": y_train[idx]}, mesh,
                                         config.batch_size)
       state, m = train_step(state, batch)
       scalars = jax.device_get({k: m[k] for k in scalar_keys})
-      if not scalars["finite"]:
-        raise FloatingPointError(
-            f"non-finite training loss {float(scalars['loss'])} (gradient norm "
-            f"{float(scalars['grad_norm'])}) at step {step}; the newest checkpoint in "
-            f"{ckpt_dir} (step {ckpts.latest_step()}) is the last good state")
+      if not all(scalars["finite"]):
+        raise FloatingPointError(_divergence(step, scalars, ckpts.latest_step(), ckpt_dir))
       step += 1
       window["loss"] += float(scalars["loss"])
       window["accuracy"] += float(scalars["accuracy"])
@@ -402,6 +460,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
         eval_step, state, x_test, y_test, config.batch_size, mesh)
     train = evaluate(eval_step, state, x_train, y_train, config.batch_size, mesh)
   finally:
+    interrupts.close()
     writer.close()
     ckpts.close()
 

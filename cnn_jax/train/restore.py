@@ -31,7 +31,8 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str, *, dataset=Non
     ``model.apply(variables, x, train=False)``.
 
   Raises:
-    ValueError: if ``workdir`` has no checkpoint.
+    ValueError: if ``workdir`` has no checkpoint, or none that can be read (an unreadable
+      newest one falls back to the next older, see ``checkpoints.restore_newest``).
   """
   config = loop.resolve_config(config)
   dataset, model = loop.data_and_model(config, dataset)
@@ -44,12 +45,8 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str, *, dataset=Non
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     raise ValueError(f"workdir={workdir!r} has no checkpoints/ to load a trained model from.")
-  ckpts = checkpoints_lib.Checkpoints(directory, max(1, int(config.keep_checkpoints)))
-  try:
-    step = ckpts.latest_step()
-    if step is None:
-      raise ValueError(f"workdir={workdir!r} has no complete checkpoint to load.")
-    state = ckpts.restore(step, like)
-  finally:
-    ckpts.close()
+  _, state, _ = checkpoints_lib.restore_newest(
+      directory, max(1, int(config.keep_checkpoints)), like)
+  if state is None:
+    raise ValueError(f"workdir={workdir!r} has no complete checkpoint to load.")
   return model, {"params": state.params, "batch_stats": state.batch_stats}

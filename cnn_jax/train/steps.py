@@ -3,8 +3,9 @@
 ``train_step(state, batch) -> (state, metrics)`` normalises (and augments) the uint8 batch on
 device, runs the model in train mode, takes the gradient of the mean cross-entropy (with
 optional label smoothing) and applies the optimizer. Its metrics carry the loss, accuracy,
-learning rate, L2 norms of the gradient, the parameters and the update, a ``finite`` flag
-(NaN/inf detection, checked by the loop) and the gradient norm of every parameterised layer.
+learning rate, L2 norms of the gradient, the parameters and the update, ``finite`` flags
+(NaN/inf in the loss, the gradient, the updated parameters: ``FINITE_CHECKS``; checked by the
+loop, which stops before saving such a step) and the gradient norm of every parameterised layer.
 ``eval_step(state, batch) -> metrics`` returns *sums* over the unmasked rows, so a padded last
 batch and any number of batches add up exactly.
 
@@ -65,6 +66,18 @@ def compiler_options(ynnpack_convolutions: bool = False) -> dict[str, str | int]
   if not ynnpack_convolutions and jax.default_backend() == "cpu":
     options["xla_cpu_experimental_ynn_fusion_type"] = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
   return options
+
+
+# What ``metrics["finite"]`` says, in order: each holds no NaN or inf. Checked element by
+# element (not through a norm, whose squares overflow float32 for finite values past 1.8e19).
+FINITE_CHECKS = ("loss", "gradient", "updated parameters")
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every element of every leaf of ``tree`` is finite (a bool scalar)."""
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else (
+      jnp.array(True))
 
 
 def global_norm(tree) -> jax.Array:
@@ -187,7 +200,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
         "grad_norm": grad_norm,
         "param_norm": global_norm(params),
         "update_norm": global_norm(updates),
-        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+        "finite": jnp.stack([jnp.isfinite(loss), all_finite(grads),
+                             all_finite((params, batch_stats))]),
         "layer_grad_norm": layer_norms(grads, layer_names),
     }
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
