@@ -16,7 +16,9 @@ donated, so the figure is the model's compute, not the input pipeline's. With
 ``--compare=torch`` the PyTorch twin (``bench.torch_twin``) is timed in the same process, in
 alternating repetitions (JAX ``steps`` steps, then torch ``steps`` steps, ``repeats`` times),
 so load from other processes on a shared machine hits both alike; the ratio of medians is
-printed. ``--matmul`` measures the float32 matmul rate in the same run (a ``--matmul_size``²
+printed; then torch is timed again alone, in a process of its own
+(``bench.torch_twin.alone_in_subprocess``), and the first JAX variant's ratio to that is
+printed too. ``--matmul`` measures the float32 matmul rate in the same run (a ``--matmul_size``²
 product, 4096 by default; JAX reaches the machine's rate only on large products) and prints
 the step's GFLOP/s as a fraction of the faster of JAX's and NumPy's.
 
@@ -380,6 +382,11 @@ def run(args) -> dict:
     result["jax_over_torch"] = result["images_per_s"] / result["torch_images_per_s"]
     for variant in variants.values():
       variant["over_torch"] = variant["images_per_s"] / result["torch_images_per_s"]
+    # Torch again, alone in a process of its own: no JAX threads or memory beside it.
+    result["torch_alone_images_per_s"] = torch_twin.alone_in_subprocess(
+        args.depth, args.batch, args.image_size, args.steps, args.repeats)
+    result["jax_over_torch_alone"] = (result["images_per_s"]
+                                      / result["torch_alone_images_per_s"])
   if args.matmul:
     from bench import matmul  # pylint: disable=g-import-not-at-top
     peak = matmul.measure(size=args.matmul_size, repeats=3)
@@ -422,6 +429,9 @@ def main(argv=None):
     if "fraction_of_matmul" in v:
       line += f"  {100 * v['fraction_of_matmul']:.0f}% of matmul"
     print(line)
+  if "torch_alone_images_per_s" in result:
+    print(f"  torch alone (own process) {result['torch_alone_images_per_s']:8.1f} images/s  "
+          f"first JAX variant x{result['jax_over_torch_alone']:.2f}")
   if "matmul_gflops" in result:
     print(f"  matmul {result['matmul_size']}^2 in the same run: JAX "
           f"{result['matmul_gflops']:.1f}, NumPy "
