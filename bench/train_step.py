@@ -64,23 +64,9 @@ KERNEL_CHOICES = ("auto", "xla") + tuple(
 
 
 def cpu_model() -> str:
-  """``lscpu``'s model name (``/proc/cpuinfo`` where lscpu is missing), for every figure."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    for line in out.splitlines():
-      if line.startswith("Model name:"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown CPU"
+  """The CPU's model name, as ``lscpu`` shows it, for every figure."""
+  from cnn_jax.native import autotune  # pylint: disable=g-import-not-at-top
+  return autotune.cpu_model()
 
 
 def _parse(argv):
