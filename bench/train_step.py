@@ -357,7 +357,8 @@ def run(args) -> dict:
   first = next(iter(compile_seconds))
   result = {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,
             "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-            "cpu_model": cpu_model(), "jax_devices": len(jax.devices()), "forward_mflops_per_image": flops / 1e6,
+            "cpu_model": cpu_model(), "jax_devices": len(jax.devices()),
+            "forward_mflops_per_image": flops / 1e6,
             "images_per_s": variants[first]["images_per_s"],
             "gflops": variants[first]["gflops"], "compile_s": compile_seconds[first],
             "variants": variants}
