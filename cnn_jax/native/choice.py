@@ -180,7 +180,7 @@ def conv_tile(kernels: Kernels, x, w, spec, groups: int = 1) -> int | None:
           f"conv_algorithm={algorithm!r} does not apply to a {_describe(x.shape, w.shape, spec)}:"
           f" Winograd F({tile}x{tile},3x3) takes 3x3, stride 1, padding 1, sizes multiples of "
           f"{tile}, channels multiples of 8 in and 16 out, on a CPU with AVX2 and FMA; give "
-          "conv_algorithm=auto, auto_winograd4 or direct")
+          "conv_algorithm=auto, auto_winograd4, autotune, autotune_winograd4 or direct")
     return tile
   if algorithm.startswith("autotune"):
     from cnn_jax.native import autotune  # pylint: disable=g-import-not-at-top
