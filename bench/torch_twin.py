@@ -107,3 +107,39 @@ def make_trainer(depth: int, batch: int, image_size: int = 32, num_classes: int 
     return loss
 
   return step
+
+
+def time_alone(depth: int, batch: int, image_size: int = 32, steps: int = 5,
+               repeats: int = 3) -> float:
+  """Images/s of the twin's step, median of ``repeats`` x ``steps`` steps after a warm-up,
+  in this process (``python -m bench.torch_twin`` runs it alone in its own)."""
+  import statistics  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  step = make_trainer(depth, batch, image_size)
+  step()
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(steps):
+      step()
+    seconds.append((time.perf_counter() - start) / steps)
+  return batch / statistics.median(seconds)
+
+
+def alone_in_subprocess(depth: int, batch: int, image_size: int = 32, steps: int = 5,
+                        repeats: int = 3) -> float:
+  """``time_alone`` in a fresh Python process (no JAX threads or memory beside it)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+      [sys.executable, "-m", "bench.torch_twin", str(depth), str(batch), str(image_size),
+       str(steps), str(repeats)], cwd=root, capture_output=True, text=True, check=True).stdout
+  return float(json.loads(out.strip().splitlines()[-1])["images_per_s"])
+
+
+if __name__ == "__main__":
+  import json  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  print(json.dumps({"images_per_s": time_alone(*(int(a) for a in sys.argv[1:6]))}))

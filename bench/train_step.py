@@ -16,7 +16,9 @@ donated, so the figure is the model's compute, not the input pipeline's. With
 ``--compare=torch`` the PyTorch twin (``bench.torch_twin``) is timed in the same process, in
 alternating repetitions (JAX ``steps`` steps, then torch ``steps`` steps, ``repeats`` times),
 so load from other processes on a shared machine hits both alike; the ratio of medians is
-printed. ``--matmul`` measures the float32 matmul rate in the same run (a ``--matmul_size``²
+printed; then torch is timed again alone, in a process of its own
+(``bench.torch_twin.alone_in_subprocess``), and the first JAX variant's ratio to that is
+printed too. ``--matmul`` measures the float32 matmul rate in the same run (a ``--matmul_size``²
 product, 4096 by default; JAX reaches the machine's rate only on large products) and prints
 the step's GFLOP/s as a fraction of the faster of JAX's and NumPy's.
 
@@ -62,23 +64,9 @@ KERNEL_CHOICES = ("auto", "xla") + tuple(
 
 
 def cpu_model() -> str:
-  """``lscpu``'s model name (``/proc/cpuinfo`` where lscpu is missing), for every figure."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    for line in out.splitlines():
-      if line.startswith("Model name:"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown CPU"
+  """The CPU's model name, as ``lscpu`` shows it, for every figure."""
+  from cnn_jax.native import autotune  # pylint: disable=g-import-not-at-top
+  return autotune.cpu_model()
 
 
 def _parse(argv):
@@ -369,7 +357,8 @@ def run(args) -> dict:
   first = next(iter(compile_seconds))
   result = {"model": f"resnet{args.depth}", "impl": impl, "batch": args.batch,
             "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-            "cpu_model": cpu_model(), "jax_devices": len(jax.devices()), "forward_mflops_per_image": flops / 1e6,
+            "cpu_model": cpu_model(), "jax_devices": len(jax.devices()),
+            "forward_mflops_per_image": flops / 1e6,
             "images_per_s": variants[first]["images_per_s"],
             "gflops": variants[first]["gflops"], "compile_s": compile_seconds[first],
             "variants": variants}
@@ -380,6 +369,11 @@ def run(args) -> dict:
     result["jax_over_torch"] = result["images_per_s"] / result["torch_images_per_s"]
     for variant in variants.values():
       variant["over_torch"] = variant["images_per_s"] / result["torch_images_per_s"]
+    # Torch again, alone in a process of its own: no JAX threads or memory beside it.
+    result["torch_alone_images_per_s"] = torch_twin.alone_in_subprocess(
+        args.depth, args.batch, args.image_size, args.steps, args.repeats)
+    result["jax_over_torch_alone"] = (result["images_per_s"]
+                                      / result["torch_alone_images_per_s"])
   if args.matmul:
     from bench import matmul  # pylint: disable=g-import-not-at-top
     peak = matmul.measure(size=args.matmul_size, repeats=3)
@@ -422,6 +416,9 @@ def main(argv=None):
     if "fraction_of_matmul" in v:
       line += f"  {100 * v['fraction_of_matmul']:.0f}% of matmul"
     print(line)
+  if "torch_alone_images_per_s" in result:
+    print(f"  torch alone (own process) {result['torch_alone_images_per_s']:8.1f} images/s  "
+          f"first JAX variant x{result['jax_over_torch_alone']:.2f}")
   if "matmul_gflops" in result:
     print(f"  matmul {result['matmul_size']}^2 in the same run: JAX "
           f"{result['matmul_gflops']:.1f}, NumPy "

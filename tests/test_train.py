@@ -440,7 +440,8 @@ def test_kernels_values_are_checked():
     loop.validate(config)
   config.kernels, config.conv_algorithm = "xla", "fft"
   with pytest.raises(ValueError, match="conv_algorithm='fft' is not allowed: give one of auto, "
-                     "auto_winograd4, direct, winograd2, winograd4"):
+                     "auto_winograd4, autotune, autotune_winograd4, direct, winograd2, "
+                     "winograd4"):
     loop.validate(config)
   for kernels in ("auto", "xla", "native"):
     config.kernels, config.conv_algorithm = kernels, "direct"

@@ -18,6 +18,9 @@ for its own shape.
     rest;
   * ``"auto_winograd4"``: F(4x4, 3x3) where the sizes are also multiples of 4 (its float32
     rounding 10-20x F(2x2)'s, ~1e-5 of the largest entry), then as ``"auto"``;
+  * ``"autotune"``: per layer shape, the fastest of XLA's convolution, oneDNN's direct
+    algorithm and F(2x2, 3x3) (where it applies), measured on first use and cached on disk
+    (``autotune.py``); ``"autotune_winograd4"`` adds F(4x4, 3x3) to the candidates;
   * ``"direct"``: oneDNN's direct algorithm for every layer;
   * ``"winograd2"``, ``"winograd4"``: that Winograd algorithm on every native layer; a layer
     it does not take (a 5x5 or stride-2 convolution) is an error.
@@ -35,7 +38,8 @@ import functools
 import jax.numpy as jnp
 
 KERNELS = ("auto", "xla", "native")
-CONV_ALGORITHMS = ("auto", "auto_winograd4", "direct", "winograd2", "winograd4")
+CONV_ALGORITHMS = ("auto", "auto_winograd4", "autotune", "autotune_winograd4", "direct",
+                   "winograd2", "winograd4")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,8 +180,18 @@ def conv_tile(kernels: Kernels, x, w, spec, groups: int = 1) -> int | None:
           f"conv_algorithm={algorithm!r} does not apply to a {_describe(x.shape, w.shape, spec)}:"
           f" Winograd F({tile}x{tile},3x3) takes 3x3, stride 1, padding 1, sizes multiples of "
           f"{tile}, channels multiples of 8 in and 16 out, on a CPU with AVX2 and FMA; give "
-          "conv_algorithm=auto, auto_winograd4 or direct")
+          "conv_algorithm=auto, auto_winograd4, autotune, autotune_winograd4 or direct")
     return tile
+  if algorithm.startswith("autotune"):
+    from cnn_jax.native import autotune  # pylint: disable=g-import-not-at-top
+    candidates = [autotune.XLA, "direct"]
+    if winograd_applies(2, x.shape, w.shape, spec):
+      candidates.append("winograd2")
+    if algorithm == "autotune_winograd4" and winograd_applies(4, x.shape, w.shape, spec):
+      candidates.append("winograd4")
+    choice = autotune.choose(x.shape, w.shape, spec, tuple(candidates))
+    return None if choice == autotune.XLA else {"direct": 0, "winograd2": 2,
+                                                "winograd4": 4}[choice]
   for tile in ((4, 2) if algorithm == "auto_winograd4" else (2,)):
     if winograd_applies(tile, x.shape, w.shape, spec):
       return tile

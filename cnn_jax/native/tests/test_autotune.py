@@ -1,0 +1,115 @@
+"""The autotuner (cnn_jax/native/autotune.py): its choice by (faked) time among the correct
+candidates, its disk cache, and that any choice changes a layer's results only by rounding.
+No test here depends on real timings: the timer is replaced."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn_jax import layers, native
+from cnn_jax.native import autotune
+from cnn_jax.ops import correlation
+
+pytestmark = pytest.mark.skipif(
+    not native.available(), reason=f"native kernels unavailable: {native.unavailable_reason()}")
+
+CANDIDATES = ("xla", "direct", "winograd2", "winograd4")
+SHAPE = ((2, 8, 8, 16), (3, 3, 16, 16))  # a layer every candidate takes
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+  """A fresh autotune cache (the library itself is looked up where it was built)."""
+  library = native.ffi._load()  # pylint: disable=protected-access
+  assert library is None
+  monkeypatch.setattr(autotune, "cache_file", lambda: str(tmp_path / "autotune.json"))
+  return tmp_path
+
+
+def _fastest(winner):
+  """A fake timer under which ``winner`` takes 1 ms and every other candidate 2 ms."""
+  return lambda candidate, seconds: 1e-3 if candidate == winner else 2e-3
+
+
+def _spec():
+  return correlation.window_spec(SHAPE[0], (3, 3), 1, "SAME", 1)
+
+
+@pytest.mark.parametrize("winner", CANDIDATES)
+def test_measure_picks_the_fastest_candidate(winner):
+  result = autotune.measure(*SHAPE, _spec(), CANDIDATES, repeats=2, timer=_fastest(winner))
+  assert result["choice"] == winner
+  assert set(result["seconds"]) == set(CANDIDATES) and not result["rejected"]
+
+
+def test_a_wrong_candidate_is_never_chosen(monkeypatch):
+  original = autotune._step  # pylint: disable=protected-access
+
+  def step(candidate, spec):
+    fn = original(candidate, spec)
+    if candidate != "direct":
+      return fn
+    return lambda x, w, g: tuple(a * (1 + 1e-3) for a in fn(x, w, g))  # planted: 0.1% off
+
+  monkeypatch.setattr(autotune, "_step", step)
+  result = autotune.measure(*SHAPE, _spec(), CANDIDATES, repeats=1, timer=_fastest("direct"))
+  assert "direct" in result["rejected"] and result["choice"] != "direct"
+
+
+def test_choose_measures_once_and_caches_on_disk(cache_dir, monkeypatch):
+  calls = []
+  original = autotune.measure
+
+  def counted(*args, **kwargs):
+    calls.append(args)
+    return original(*args, repeats=1, timer=_fastest("winograd2"), **kwargs)
+
+  monkeypatch.setattr(autotune, "measure", counted)
+  assert autotune.choose(*SHAPE, _spec(), CANDIDATES) == "winograd2"
+  assert autotune.choose(*SHAPE, _spec(), CANDIDATES) == "winograd2"
+  assert len(calls) == 1
+  entries = json.loads((cache_dir / "autotune.json").read_text())
+  (key, entry), = entries.items()
+  assert autotune.cpu_model() in key and "x(2, 8, 8, 16)" in key
+  assert entry["choice"] == "winograd2"
+  assert "winograd2" in autotune.table()
+  assert [p.name for p in cache_dir.iterdir()] == ["autotune.json"]  # no temporary left
+
+
+@pytest.mark.parametrize("winner", CANDIDATES)
+def test_any_choice_changes_a_layers_results_only_by_rounding(cache_dir, monkeypatch, rng,
+                                                              winner):
+  monkeypatch.setattr(autotune, "measure",
+                      functools.partial(autotune.measure, repeats=1, timer=_fastest(winner)))
+  x = jnp.asarray(rng.standard_normal(SHAPE[0]), jnp.float32)
+  g = jnp.asarray(rng.standard_normal(SHAPE[0][:-1] + (16,)), jnp.float32)
+
+  def values(kernels):
+    conv = layers.Conv(16, 3, use_bias=False, grad="hand", kernels=kernels)
+    params = conv.init(jax.random.key(0), x)
+    y, vjp = jax.vjp(lambda p, x: conv.apply(p, x), params, x)
+    dparams, dx = vjp(g)
+    return [y, dx, dparams["params"]["kernel"]]
+
+  tuned = values(native.Kernels(True, "autotune_winograd4"))
+  reference = values(native.XLA)
+  assert json.loads((cache_dir / "autotune.json").read_text()).popitem()[1]["choice"] == winner
+  # float32 sums of at most 128 terms (dL/dw: 2*8*8), each side rounding: 8 sqrt(K) 2^-24 for
+  # the direct and F(2x2) kernels, 16x that for F(4x4) (autotune._FACTOR).
+  tolerance = (128 if winner == "winograd4" else 8) * np.sqrt(144) * 2.0 ** -24
+  for got, want in zip(tuned, reference):
+    scale = float(jnp.max(jnp.abs(want)))
+    assert float(jnp.max(jnp.abs(got - want))) <= tolerance * scale, winner
+
+
+def test_autotune_offers_winograd4_only_when_allowed(cache_dir, monkeypatch):
+  seen = []
+  monkeypatch.setattr(autotune, "choose", lambda *args: seen.append(args[-1]) or "xla")
+  x, w = (jax.ShapeDtypeStruct(s, jnp.float32) for s in SHAPE)
+  for algorithm in ("autotune", "autotune_winograd4"):
+    assert native.conv_tile(native.Kernels(True, algorithm), x, w, _spec()) is None
+  assert seen == [("xla", "direct", "winograd2"), ("xla", "direct", "winograd2", "winograd4")]
