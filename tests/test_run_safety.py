@@ -58,7 +58,8 @@ class FakeExperiment:
   def run(cls, config, workdir):
     cls.calls.append((config.depth, config.learning_rate))
     if cls.final_dir:
-      cls.seen.append(runner.read_summary(cls.final_dir))
+      cls.seen.append((runner.read_summary(cls.final_dir),
+                       rundir.read_config(cls.final_dir)["learning_rate"]))
     return {"score": config.depth * 10 + config.learning_rate}
 
 
@@ -126,7 +127,7 @@ def test_overwrite_retrains_and_replaces_the_old_run_only_at_the_end(tmp_path, f
   config.learning_rate = 0.5
   fake.final_dir = workdir
   assert runner.run_one("fake", config, workdir, overwrite=True)["score"] == 200.5
-  assert fake.seen == [{"score": 200.1}]  # the old result stayed whole while the new ran
+  assert fake.seen == [({"score": 200.1}, 0.1)]  # the old run stayed whole while the new ran
   assert runner.read_summary(workdir)["score"] == 200.5
   assert rundir.read_config(workdir)["learning_rate"] == 0.5
   assert sorted(os.listdir(tmp_path)) == ["run"]  # no leftover beside it
@@ -267,7 +268,7 @@ def test_sweep_values_never_write_outside_the_workdir(tmp_path):
   workdir = root / "w"
   before = _all_paths(tmp_path)
   result = _launch("--experiment=summary", "--config.image_size=8",
-                   "--sweep=dataset=folder:../../x,folder:/etc/y,digits", f"--workdir={workdir}",
+                   "--sweep=dataset=folder:../../../x,folder:/etc/y,digits", f"--workdir={workdir}",
                    cwd=root)
   assert result.returncode == 0, result.stderr[-2000:]
   outside = [p for p in _all_paths(tmp_path) - before

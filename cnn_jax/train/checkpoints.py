@@ -133,7 +133,7 @@ def _unreadable(directory: str, step: int, error: Exception) -> int:
   text = str(error).strip().splitlines()
   logging.warning("checkpoint at step %d (%s) cannot be read, trying an older one: %s: %s",
                   step, os.path.join(directory, str(step)), type(error).__name__,
-                  text[0] if text else "")
+                  text[0][:160] if text else "")  # TensorStore's first line runs on
   return step
 
 
