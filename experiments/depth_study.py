@@ -37,6 +37,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "depth": r.config.depth,
       "params": r.summary.get("num_params", ""),
       "train_error": r.train_error,
+      **({"validation_error": r.validation_error} if r.validation_error != "" else {}),
       "test_error": r.test_error,
       "steps": r.summary.get("steps", ""),
       "wall_time_s": r.summary.get("wall_time_s", ""),

@@ -417,3 +417,75 @@ def test_datasets_experiment_lists_every_dataset(tmp_path):
   assert rows["shapes10"]["available"] and rows["shapes10"]["shape"] == [16, 16, 3]
   assert not rows["cifar10"]["available"]
   assert (tmp_path / "out" / "datasets.md").read_text().count("|") > 20
+
+
+# ------------------------------------------------------------------------- validation split
+
+
+def _npz_dataset(tmp_path, rng, counts, num_test=6):
+  """An npz of random images whose class c has counts[c] training examples (shuffled)."""
+  y_train = rng.permutation(np.repeat(np.arange(len(counts)), counts))
+  x_train = rng.integers(0, 256, (len(y_train), 4, 4, 3), dtype=np.uint8)
+  # Each training image carries its own index in pixel (0, 0, 0:2), so a held-out image can
+  # be traced back to the example it came from.
+  x_train[:, 0, 0, 0], x_train[:, 0, 0, 1] = np.arange(len(y_train)) // 256, np.arange(
+      len(y_train)) % 256
+  path = tmp_path / "d.npz"
+  np.savez(path, x_train=x_train, y_train=y_train,
+           x_test=rng.integers(0, 256, (num_test, 4, 4, 3), dtype=np.uint8),
+           y_test=rng.integers(0, len(counts), num_test))
+  return f"npz:{path}", x_train, y_train
+
+
+def _ids(x):
+  return x[:, 0, 0, 0].astype(int) * 256 + x[:, 0, 0, 1]
+
+
+@pytest.mark.parametrize("counts,size,expected", [
+    ((50, 50, 50, 50), 20, (5, 5, 5, 5)),      # balanced: exactly size / K per class
+    ((100, 50, 30, 20), 40, (20, 10, 6, 4)),   # proportional, exact quotas
+    ((7, 7, 6), 10, (4, 3, 3)),                 # quotas 3.5/3.5/3: the largest remainder, ties
+                                                # to the smaller class index, sums to size
+])
+def test_validation_split_is_stratified_disjoint_and_seeded(tmp_path, rng, counts, size,
+                                                             expected):
+  name, x_train, y_train = _npz_dataset(tmp_path, rng, counts)
+  seed = int(rng.integers(1000))
+  ds = data.load(config_for(name, validation_size=size, data_seed=seed))
+  assert tuple(np.bincount(ds.y_val, minlength=len(counts))) == expected
+  assert len(ds.x_train) + len(ds.x_val) == len(x_train)
+  train_ids, val_ids = _ids(ds.x_train), _ids(ds.x_val)
+  assert not set(train_ids) & set(val_ids)
+  assert set(train_ids) | set(val_ids) == set(range(len(x_train)))
+  np.testing.assert_array_equal(y_train[val_ids], ds.y_val)  # labels travel with images
+  np.testing.assert_array_equal(y_train[train_ids], ds.y_train)
+  # Mean/std are of the images trained on, never of the held-out ones.
+  np.testing.assert_allclose(ds.mean, x_train[train_ids].reshape(-1, 3).mean(0), rtol=1e-5)
+  again = data.load(config_for(name, validation_size=size, data_seed=seed))
+  np.testing.assert_array_equal(_ids(again.x_val), val_ids)
+  others = [set(_ids(data.load(config_for(name, validation_size=size,
+                                          data_seed=seed + k)).x_val)) for k in (1, 2)]
+  assert any(o != set(val_ids) for o in others)  # P(both equal by chance) is negligible
+
+
+def test_validation_size_zero_holds_nothing_out(tmp_path, rng):
+  name, x_train, _ = _npz_dataset(tmp_path, rng, (10, 10))
+  ds = data.load(config_for(name))
+  assert len(ds.x_val) == 0 and len(ds.x_train) == len(x_train)
+
+
+@pytest.mark.parametrize("size", [-1, 40, 41])
+def test_bad_validation_size_is_one_line(tmp_path, rng, size):
+  name, _, _ = _npz_dataset(tmp_path, rng, (20, 20))
+  with pytest.raises(ValueError, match=r"validation_size=-?\d+ is not allowed: .* has 40 "
+                     r"training examples; give 0 \(no validation split\) to 39") as error:
+    data.load(config_for(name, validation_size=size))
+  assert "\n" not in str(error.value)
+
+
+def test_train_size_is_taken_from_what_validation_leaves(tmp_path, rng):
+  name, _, _ = _npz_dataset(tmp_path, rng, (30, 30))
+  ds = data.load(config_for(name, validation_size=20, train_size=25))
+  assert len(ds.x_train) == 25 and not set(_ids(ds.x_train)) & set(_ids(ds.x_val))
+  with pytest.raises(ValueError, match="train_size=41 exceeds the 40 training examples"):
+    data.load(config_for(name, validation_size=20, train_size=41))

@@ -31,6 +31,10 @@ def _launch(*args, cwd):
     (["--experiment=summary", "--parallel_with=threads"],
      ["--parallel_with=threads is not allowed for --experiment=summary", "pyplot"]),
     (["--experiment=train", "--parallel_with=fibres"], ["parallel_with", "threads"]),
+    (["--experiment=train", "--config.validation_size=-1"],
+     ["validation_size=-1 is not allowed", "1438 training examples", "0 (no validation split)"]),
+    (["--experiment=depth_study", f"--config={REPO}/experiments/configs/depth_study.py:tiny",
+      "--config.validation_size=1438"], ["validation_size=1438 is not allowed", "to 1437"]),
     (["--experiment=train", "--config.cpu_convolutions=mkl"],
      ["cpu_convolutions='mkl' is not allowed", "onednn, onednn_direct, onednn_winograd4, eigen, xla_default"]),
 ])
