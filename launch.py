@@ -31,6 +31,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from experiments import runner
+from experiments import seeds
 
 FLAGS = flags.FLAGS
 HELP_ARGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
@@ -130,6 +131,7 @@ def main(argv):
   commands = [runner.command_for(name, config_arg, _user_config_overrides(sys.argv), r, workdir)
               for r in runs]
   try:
+    seeds.check_sweep(runs, workdir)  # reads files only: before any JAX start-up
     runner.check_runs(name, runs)
     if FLAGS.dry_run:
       for command in commands:
@@ -142,7 +144,8 @@ def main(argv):
                                  commands=commands, threads=threads, pin_cores=FLAGS.pin_cores)
   except ValueError as e:  # a config that cannot work: one line, like any other misuse
     fail(str(e))
-  rows = runner.collect(runs, summaries, workdir)
+  collect = seeds.collect if seeds.is_seed_sweep(runs) else runner.collect
+  rows = collect(runs, summaries, workdir)
   print(runner.markdown_table(rows, list(rows[0].keys())))
   print(f"results: {os.path.join(workdir, 'results.md')}")
   return 0 if all(s.get("ok", True) for s in summaries) else 1

@@ -22,6 +22,7 @@ import os
 
 import ml_collections
 
+from cnn_jax import atomic
 from experiments import figures
 from experiments import runner
 from experiments import study
@@ -43,13 +44,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "wall_time_s": r.summary.get("wall_time_s", ""),
   } for r in runs]
   table = runner.write_results(workdir, rows, list(rows[0]))
+  # The study's own config beside its summary: a seed sweep checks it (experiments/seeds.py).
+  atomic.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   plots = os.path.join(workdir, "plots")
   figures.error_curves_by_family(runs, os.path.join(plots, "curves.png"))
   if any(r.grad_norms for r in runs):
     figures.gradient_norms_by_layer(runs, os.path.join(plots, "gradient_norms.png"))
   print(table)
   print(f"plots: {plots}")
-  return {"runs": len(rows), "results": rows}
+  # keys and run_names let a sweep over seed average each (model, depth) over its seeds.
+  return {"runs": len(rows), "results": rows, "keys": ["model", "depth"],
+          "run_names": [r.name for r in runs]}
 
 
 if __name__ == "__main__":
