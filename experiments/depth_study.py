@@ -128,6 +128,10 @@ def estimate_seconds(named, dataset, per_step) -> float:
   return total
 
 
+def _duration(seconds: float) -> str:
+  return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(seconds / 60, 1):.0f} min"
+
+
 def announce_time(named, dataset, workdir: str) -> None:
   """Prints how long the unfinished runs will take here, from timed first steps (CPU only)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -145,7 +149,7 @@ def announce_time(named, dataset, workdir: str) -> None:
   steps = ", ".join(f"{first.model}-{d} {timed[d]:.2f} s" for d in timed)
   runner.print_line(
       f"depth_study on a CPU ({_cpu_model()}, {os.cpu_count()} cores): {len(pending)} runs "
-      f"will take about {total / 3600:.1f} h ({total / 60:.0f} min; timed steps at batch "
+      f"will take about {_duration(total)} (timed steps at batch "
       f"{first.batch_size}: {steps}, other depths interpolated linearly, evaluation counted; "
       f"timing took {time.time() - t0:.0f} s). Running anyway.")
 
