@@ -183,6 +183,89 @@ def test_missing_tfds_dataset_fails_at_once_without_network(tmp_path, monkeypatc
   assert "folder:" in message and "npz:" in message
 
 
+# ------------------------------------------------------------ TFDS (prepared on disk)
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                 "ship", "truck"]
+
+
+def prepare_cifar10(data_dir, train, test):
+  """Prepares ``cifar10`` in ``data_dir`` with TFDS's own builder, writer and array_record
+  files, from the given ``(images, labels)`` instead of the download: the on-disk format a
+  user's `tfds build cifar10 --file_format=array_record` leaves.
+
+  TFDS's CIFAR-10 builder encodes NumPy images to PNG through TensorFlow; without it the
+  examples are given as PNG bytes (PIL), which the same Image feature stores unchanged.
+  """
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.image_classification import cifar  # pylint: disable=g-import-not-at-top
+
+  def examples(prefix, images, labels):
+    for i, (image, label) in enumerate(zip(images, labels)):
+      png = io.BytesIO()
+      Image.fromarray(image).save(png, format="PNG")
+      yield i, {"id": f"{prefix}{i:05d}", "image": png.getvalue(), "label": int(label)}
+
+  class LocalCifar10(cifar.Cifar10, skip_registration=True):
+    name = "cifar10"
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # nothing to download
+      self.info.features["label"].names = CIFAR10_NAMES
+      return {"train": examples("train_", *train), "test": examples("test_", *test)}
+
+  builder = LocalCifar10(data_dir=str(data_dir), file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+
+
+def _sorted_pairs(images, labels):
+  order = sorted(range(len(labels)), key=lambda i: images[i].tobytes())
+  return images[order], np.asarray(labels)[order]
+
+
+def test_tfds_loader_reads_a_prepared_cifar10_from_its_array_record_files(tmp_path, rng,
+                                                                         monkeypatch):
+  def no_network(*args, **kwargs):
+    raise AssertionError("preparing or loading tried to open a network connection")
+  monkeypatch.setattr(socket.socket, "connect", no_network)
+  monkeypatch.setattr(socket, "create_connection", no_network)
+  train = (rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8), np.arange(30) % 10)
+  test = (rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), rng.permutation(10))
+  prepare_cifar10(tmp_path, train, test)
+  files = sorted(os.listdir(tmp_path / "cifar10" / "3.0.2"))
+  assert any(f.startswith("cifar10-train.array_record") for f in files), files
+  assert "dataset_info.json" in files
+  ds = data.load(config_for("cifar10", data_dir=str(tmp_path), validation_size=10))
+  check_dataset(ds, (32, 32, 3), 10)
+  assert ds.class_names == tuple(CIFAR10_NAMES)
+  # TFDS stores the examples shuffled: compare as sets of (image, label), exact (PNG is
+  # lossless).
+  got_x, got_y = _sorted_pairs(np.concatenate([ds.x_train, ds.x_val]),
+                               np.concatenate([ds.y_train, ds.y_val]))
+  want_x, want_y = _sorted_pairs(*train)
+  np.testing.assert_array_equal(got_x, want_x)
+  np.testing.assert_array_equal(got_y, want_y)
+  np.testing.assert_array_equal(np.bincount(ds.y_val, minlength=10), np.ones(10))
+  got_x, got_y = _sorted_pairs(ds.x_test, ds.y_test)
+  want_x, want_y = _sorted_pairs(*test)
+  np.testing.assert_array_equal(got_x, want_x)
+  np.testing.assert_array_equal(got_y, want_y)
+  assert data.describe("cifar10", config_for("cifar10", data_dir=str(tmp_path)))["available"]
+
+
+def test_preparing_without_tensorflow_says_where_to_prepare(monkeypatch):
+  def needs_tensorflow(*args, **kwargs):
+    raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+  monkeypatch.setattr(tfds, "data_source", needs_tensorflow)
+  with pytest.raises(ValueError) as info:
+    data.load(config_for("cifar10", download=True))
+  message = str(info.value)
+  assert "\n" not in message and "needs TensorFlow" in message
+  assert "tfds build cifar10 --file_format=array_record" in message
+  assert "requirements-tf.txt" in message
+
+
 # ------------------------------------------------------------------------ folder:
 def write_tree(root, rng, classes, per_class, size=(6, 5), mode="RGB"):
   from PIL import Image
