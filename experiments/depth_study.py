@@ -197,7 +197,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   print(f"plots: {plots}")
   # keys and run_names let a sweep over seed average each (model, depth) over its seeds.
   return {"runs": len(rows), "results": rows, "keys": ["model", "depth"],
-          "run_names": [r.name for r in runs]}
+          "run_names": [r.name for r in runs], "columns": list(rows[0])}
 
 
 if __name__ == "__main__":

@@ -86,8 +86,8 @@ def check_sweep(runs, root: str) -> None:
 def per_seed_rows(runs, summaries: Sequence[dict], root: str) -> tuple[list[dict], list[str]]:
   """One row per seed and configuration, and the columns that name a configuration.
 
-  A study's summary (``{"results": [row, ...], "keys": [...], "run_names": [...]}``, as the
-  depth study writes) gives one row per result row; any other summary one row of its scalars.
+  A study's summary (``{"results": [row, ...], "keys": [...], "run_names": [...],
+  "columns": [...]}``, as the depth study writes) gives one row per result row; any other summary one row of its scalars.
   Each row carries ``_dir``, the run directory its curves are read from.
   """
   keys = [field for field, _ in runs[0].overrides if field != SEED]
@@ -97,7 +97,9 @@ def per_seed_rows(runs, summaries: Sequence[dict], root: str) -> tuple[list[dict
     results = summary.get("results")
     if isinstance(results, list) and results and isinstance(results[0], dict):
       names = summary.get("run_names") or [""] * len(results)
+      order = summary.get("columns") or list(results[0])  # summary.json sorts its keys
       for result, name in zip(results, names):
+        result = {c: result[c] for c in order if c in result}
         rows.append({**base, **result, "_dir": os.path.join(run.workdir(root), name)})
       extra = list(summary.get("keys", ()))
     else:

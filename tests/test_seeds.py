@@ -95,9 +95,14 @@ def test_study_results_are_averaged_per_model_and_depth(tmp_path, rng):
         names.append(f"{model}-{depth}")
         _finish(os.path.join(run.workdir(str(tmp_path)), names[-1]), run.config, {},
                 [{"step": 10, "train_accuracy": 0.5, "eval_accuracy": 0.5}])
+    # As read back from summary.json, whose keys are sorted; "columns" keeps the study's order.
+    results = [dict(sorted(r.items())) for r in results]
     summaries.append({"runs": 4, "results": results, "keys": ["model", "depth"],
-                      "run_names": names})
+                      "run_names": names,
+                      "columns": ["model", "depth", "params", "train_error", "test_error"]})
   seeds.collect(runs, summaries, str(tmp_path))
+  header = (tmp_path / "results.md").read_text().splitlines()[0]
+  assert header == "| model | depth | n | params | train_error | test_error |"
   table = _read_csv(tmp_path / "results.csv")
   assert [(r["model"], r["depth"]) for r in table] == [
       ("plain", "20"), ("plain", "56"), ("resnet", "20"), ("resnet", "56")]
