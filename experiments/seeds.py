@@ -87,8 +87,9 @@ def per_seed_rows(runs, summaries: Sequence[dict], root: str) -> tuple[list[dict
   """One row per seed and configuration, and the columns that name a configuration.
 
   A study's summary (``{"results": [row, ...], "keys": [...], "run_names": [...],
-  "columns": [...]}``, as the depth study writes) gives one row per result row; any other summary one row of its scalars.
-  Each row carries ``_dir``, the run directory its curves are read from.
+  "columns": [...]}``, as the depth study writes) gives one row per result row; any other
+  summary one row of its scalars. Each row carries ``_dir``, the run directory its curves are
+  read from.
   """
   keys = [field for field, _ in runs[0].overrides if field != SEED]
   rows = []

@@ -18,8 +18,8 @@ Config fields read: ``dataset``, ``image_size`` (offline image datasets are resi
 ``data_seed``; default 0 = none), and, where present,
 ``translated_split`` (default "left_right"), ``signal_length`` (default 64) and
 ``data_seed`` (default 0; seeds the procedural datasets and the validation split, so that
-runs with different ``seed`` see the same data). ``augment`` and ``seed`` are used by the trainer with
-``prepare_batch`` and ``batch_indices``.
+runs with different ``seed`` see the same data). ``augment`` and ``seed`` are used by the
+trainer with ``prepare_batch`` and ``batch_indices``.
 """
 
 from __future__ import annotations

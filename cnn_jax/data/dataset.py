@@ -30,7 +30,8 @@ class Dataset:
     std: float32 (C,) per-channel std of ``x_train`` in pixel units (floored at 1).
     class_names: optional names, index = label.
     x_val: uint8 validation images held out of the training split (``validation_size``;
-      zero rows when there is none); ``mean``/``std`` do not see them.
+      zero rows when there is none, None in records made without ``make_dataset``);
+      ``mean``/``std`` do not see them.
     y_val: int32 validation labels.
   """
   name: str
