@@ -35,6 +35,7 @@ from ml_collections import config_flags
 
 from cnn_jax import rundir
 from experiments import runner
+from experiments import seeds
 
 FLAGS = flags.FLAGS
 HELP_ARGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
@@ -156,6 +157,7 @@ def main(argv):
   commands = [runner.command_for(name, config_arg, _user_config_overrides(sys.argv), r, workdir)
               for r in runs]
   try:
+    seeds.check_sweep(runs, workdir)  # reads files only: before any JAX start-up
     runner.check_runs(name, runs)
     if FLAGS.dry_run:
       for command in commands:
@@ -175,7 +177,8 @@ def main(argv):
   except KeyboardInterrupt:
     fail(f"interrupted: run the same command again to resume {workdir} from its newest "
          "checkpoints.", code=130)
-  rows = runner.collect(runs, summaries, workdir)
+  collect = seeds.collect if seeds.is_seed_sweep(runs) else runner.collect
+  rows = collect(runs, summaries, workdir)
   print(runner.markdown_table(rows, list(rows[0].keys())))
   print(f"results: {os.path.join(workdir, 'results.md')}")
   return 0 if all(s.get("ok", True) for s in summaries) else 1

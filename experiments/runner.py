@@ -453,7 +453,8 @@ def collect(runs: Sequence[RunSpec], summaries: Sequence[dict], root: str) -> li
   """Writes ``results.csv`` and ``results.md`` for a sweep: one row per run.
 
   Columns are the swept fields, then every scalar the runs' summaries share, taken from the
-  summaries exactly as the runs wrote them.
+  summaries exactly as the runs wrote them. (A sweep over ``seed`` is collected by
+  ``experiments.seeds.collect`` instead: mean ± std per configuration.)
   """
   fields = [f for f, _ in runs[0].overrides]
   scalars = [_scalar_items(s) for s in summaries]
@@ -468,15 +469,16 @@ def collect(runs: Sequence[RunSpec], summaries: Sequence[dict], root: str) -> li
   return rows
 
 
-def write_results(root: str, rows: Sequence[dict], columns: Sequence[str]) -> str:
-  """Writes ``results.csv`` and ``results.md`` (atomically); returns the markdown table."""
+def write_results(root: str, rows: Sequence[dict], columns: Sequence[str],
+                  name: str = "results") -> str:
+  """Writes ``<name>.csv`` and ``<name>.md`` (atomically); returns the markdown table."""
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
   writer.writeheader()
   writer.writerows(rows)
-  atomic.write_text(os.path.join(root, "results.csv"), buffer.getvalue())
+  atomic.write_text(os.path.join(root, f"{name}.csv"), buffer.getvalue())
   table = markdown_table(rows, columns)
-  atomic.write_text(os.path.join(root, "results.md"), table)
+  atomic.write_text(os.path.join(root, f"{name}.md"), table)
   return table
 
 

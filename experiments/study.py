@@ -42,6 +42,12 @@ class Run:
   def test_error(self) -> float:
     return 1.0 - float(self.summary["test_accuracy"])
 
+  @property
+  def validation_error(self) -> float | str:
+    """Error on the held-out validation split (``validation_size``), or "" without one."""
+    accuracy = self.summary.get("validation_accuracy")
+    return "" if accuracy is None else 1.0 - float(accuracy)
+
 
 def parse_list(text: Any, field: str, cast: Callable = str) -> list:
   """Splits a comma-separated config field; a one-line ValueError when it is empty or bad."""
@@ -139,7 +145,8 @@ _DATA_CACHE: dict = {}
 def load_data(config: ml_collections.ConfigDict):
   """``cnn_jax.data.load(config)``, loaded once per process for the fields that matter."""
   from cnn_jax import data  # pylint: disable=g-import-not-at-top
-  key = (config.dataset, config.image_size, config.train_size, config.seed, config.data_dir)
+  key = (config.dataset, config.image_size, config.train_size, config.seed, config.data_dir,
+         config.get("validation_size", 0), config.get("data_seed", 0))
   if key not in _DATA_CACHE:
     _DATA_CACHE[key] = data.load(config)
   return _DATA_CACHE[key]

@@ -186,6 +186,89 @@ def test_missing_tfds_dataset_fails_at_once_without_network(tmp_path, monkeypatc
   assert "folder:" in message and "npz:" in message
 
 
+# ------------------------------------------------------------ TFDS (prepared on disk)
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                 "ship", "truck"]
+
+
+def prepare_cifar10(data_dir, train, test):
+  """Prepares ``cifar10`` in ``data_dir`` with TFDS's own builder, writer and array_record
+  files, from the given ``(images, labels)`` instead of the download: the on-disk format a
+  user's `tfds build cifar10 --file_format=array_record` leaves.
+
+  TFDS's CIFAR-10 builder encodes NumPy images to PNG through TensorFlow; without it the
+  examples are given as PNG bytes (PIL), which the same Image feature stores unchanged.
+  """
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.image_classification import cifar  # pylint: disable=g-import-not-at-top
+
+  def examples(prefix, images, labels):
+    for i, (image, label) in enumerate(zip(images, labels)):
+      png = io.BytesIO()
+      Image.fromarray(image).save(png, format="PNG")
+      yield i, {"id": f"{prefix}{i:05d}", "image": png.getvalue(), "label": int(label)}
+
+  class LocalCifar10(cifar.Cifar10, skip_registration=True):
+    name = "cifar10"
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # nothing to download
+      self.info.features["label"].names = CIFAR10_NAMES
+      return {"train": examples("train_", *train), "test": examples("test_", *test)}
+
+  builder = LocalCifar10(data_dir=str(data_dir), file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+
+
+def _sorted_pairs(images, labels):
+  order = sorted(range(len(labels)), key=lambda i: images[i].tobytes())
+  return images[order], np.asarray(labels)[order]
+
+
+def test_tfds_loader_reads_a_prepared_cifar10_from_its_array_record_files(tmp_path, rng,
+                                                                         monkeypatch):
+  def no_network(*args, **kwargs):
+    raise AssertionError("preparing or loading tried to open a network connection")
+  monkeypatch.setattr(socket.socket, "connect", no_network)
+  monkeypatch.setattr(socket, "create_connection", no_network)
+  train = (rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8), np.arange(30) % 10)
+  test = (rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), rng.permutation(10))
+  prepare_cifar10(tmp_path, train, test)
+  files = sorted(os.listdir(tmp_path / "cifar10" / "3.0.2"))
+  assert any(f.startswith("cifar10-train.array_record") for f in files), files
+  assert "dataset_info.json" in files
+  ds = data.load(config_for("cifar10", data_dir=str(tmp_path), validation_size=10))
+  check_dataset(ds, (32, 32, 3), 10)
+  assert ds.class_names == tuple(CIFAR10_NAMES)
+  # TFDS stores the examples shuffled: compare as sets of (image, label), exact (PNG is
+  # lossless).
+  got_x, got_y = _sorted_pairs(np.concatenate([ds.x_train, ds.x_val]),
+                               np.concatenate([ds.y_train, ds.y_val]))
+  want_x, want_y = _sorted_pairs(*train)
+  np.testing.assert_array_equal(got_x, want_x)
+  np.testing.assert_array_equal(got_y, want_y)
+  np.testing.assert_array_equal(np.bincount(ds.y_val, minlength=10), np.ones(10))
+  got_x, got_y = _sorted_pairs(ds.x_test, ds.y_test)
+  want_x, want_y = _sorted_pairs(*test)
+  np.testing.assert_array_equal(got_x, want_x)
+  np.testing.assert_array_equal(got_y, want_y)
+  assert data.describe("cifar10", config_for("cifar10", data_dir=str(tmp_path)))["available"]
+
+
+def test_preparing_without_tensorflow_says_where_to_prepare(monkeypatch):
+  def needs_tensorflow(*args, **kwargs):
+    raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+  monkeypatch.setattr(tfds, "data_source", needs_tensorflow)
+  with pytest.raises(ValueError) as info:
+    data.load(config_for("cifar10", download=True))
+  message = str(info.value)
+  assert "\n" not in message and "needs TensorFlow" in message
+  assert "tfds build cifar10 --file_format=array_record" in message
+  assert "requirements-tf.txt" in message
+
+
 # ------------------------------------------------------------------------ folder:
 def write_tree(root, rng, classes, per_class, size=(6, 5), mode="RGB"):
   from PIL import Image
@@ -420,3 +503,75 @@ def test_datasets_experiment_lists_every_dataset(tmp_path):
   assert rows["shapes10"]["available"] and rows["shapes10"]["shape"] == [16, 16, 3]
   assert not rows["cifar10"]["available"]
   assert (tmp_path / "out" / "datasets.md").read_text().count("|") > 20
+
+
+# ------------------------------------------------------------------------- validation split
+
+
+def _npz_dataset(tmp_path, rng, counts, num_test=6):
+  """An npz of random images whose class c has counts[c] training examples (shuffled)."""
+  y_train = rng.permutation(np.repeat(np.arange(len(counts)), counts))
+  x_train = rng.integers(0, 256, (len(y_train), 4, 4, 3), dtype=np.uint8)
+  # Each training image carries its own index in pixel (0, 0, 0:2), so a held-out image can
+  # be traced back to the example it came from.
+  x_train[:, 0, 0, 0], x_train[:, 0, 0, 1] = np.arange(len(y_train)) // 256, np.arange(
+      len(y_train)) % 256
+  path = tmp_path / "d.npz"
+  np.savez(path, x_train=x_train, y_train=y_train,
+           x_test=rng.integers(0, 256, (num_test, 4, 4, 3), dtype=np.uint8),
+           y_test=rng.integers(0, len(counts), num_test))
+  return f"npz:{path}", x_train, y_train
+
+
+def _ids(x):
+  return x[:, 0, 0, 0].astype(int) * 256 + x[:, 0, 0, 1]
+
+
+@pytest.mark.parametrize("counts,size,expected", [
+    ((50, 50, 50, 50), 20, (5, 5, 5, 5)),      # balanced: exactly size / K per class
+    ((100, 50, 30, 20), 40, (20, 10, 6, 4)),   # proportional, exact quotas
+    ((7, 7, 6), 10, (4, 3, 3)),                 # quotas 3.5/3.5/3: the largest remainder, ties
+                                                # to the smaller class index, sums to size
+])
+def test_validation_split_is_stratified_disjoint_and_seeded(tmp_path, rng, counts, size,
+                                                             expected):
+  name, x_train, y_train = _npz_dataset(tmp_path, rng, counts)
+  seed = int(rng.integers(1000))
+  ds = data.load(config_for(name, validation_size=size, data_seed=seed))
+  assert tuple(np.bincount(ds.y_val, minlength=len(counts))) == expected
+  assert len(ds.x_train) + len(ds.x_val) == len(x_train)
+  train_ids, val_ids = _ids(ds.x_train), _ids(ds.x_val)
+  assert not set(train_ids) & set(val_ids)
+  assert set(train_ids) | set(val_ids) == set(range(len(x_train)))
+  np.testing.assert_array_equal(y_train[val_ids], ds.y_val)  # labels travel with images
+  np.testing.assert_array_equal(y_train[train_ids], ds.y_train)
+  # Mean/std are of the images trained on, never of the held-out ones.
+  np.testing.assert_allclose(ds.mean, x_train[train_ids].reshape(-1, 3).mean(0), rtol=1e-5)
+  again = data.load(config_for(name, validation_size=size, data_seed=seed))
+  np.testing.assert_array_equal(_ids(again.x_val), val_ids)
+  others = [set(_ids(data.load(config_for(name, validation_size=size,
+                                          data_seed=seed + k)).x_val)) for k in (1, 2)]
+  assert any(o != set(val_ids) for o in others)  # P(both equal by chance) is negligible
+
+
+def test_validation_size_zero_holds_nothing_out(tmp_path, rng):
+  name, x_train, _ = _npz_dataset(tmp_path, rng, (10, 10))
+  ds = data.load(config_for(name))
+  assert len(ds.x_val) == 0 and len(ds.x_train) == len(x_train)
+
+
+@pytest.mark.parametrize("size", [-1, 40, 41])
+def test_bad_validation_size_is_one_line(tmp_path, rng, size):
+  name, _, _ = _npz_dataset(tmp_path, rng, (20, 20))
+  with pytest.raises(ValueError, match=r"validation_size=-?\d+ is not allowed: .* has 40 "
+                     r"training examples; give 0 \(no validation split\) to 39") as error:
+    data.load(config_for(name, validation_size=size))
+  assert "\n" not in str(error.value)
+
+
+def test_train_size_is_taken_from_what_validation_leaves(tmp_path, rng):
+  name, _, _ = _npz_dataset(tmp_path, rng, (30, 30))
+  ds = data.load(config_for(name, validation_size=20, train_size=25))
+  assert len(ds.x_train) == 25 and not set(_ids(ds.x_train)) & set(_ids(ds.x_val))
+  with pytest.raises(ValueError, match="train_size=41 exceeds the 40 training examples"):
+    data.load(config_for(name, validation_size=20, train_size=41))

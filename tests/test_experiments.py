@@ -116,11 +116,13 @@ def test_interrupted_sweep_finishes_with_four_results_and_runs_nothing_twice(tmp
   for p, stamp in stamps.items():
     assert os.stat(p / "summary.json").st_mtime_ns == stamp  # not run again
   for run_dir in workdir.iterdir():
-    if run_dir.is_dir():
+    if (run_dir / "summary.json").exists():  # a run (the sweep also writes plots/)
       steps = [json.loads(l)["step"] for l in open(run_dir / "metrics.jsonl")
                if l.strip() and "train_loss" in json.loads(l)]
       assert len(steps) == len(set(steps)), run_dir  # no step logged twice
-  assert len(_read_csv(workdir / "results.csv")) == 4
+  assert len(_read_csv(workdir / "results_per_seed.csv")) == 4
+  # A sweep over seed is aggregated: one row per learning rate, over both seeds.
+  assert [r["n"] for r in _read_csv(workdir / "results.csv")] == ["2", "2"]
 
 
 def test_receptive_field_study_measured_equals_analytic(tmp_path):

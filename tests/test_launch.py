@@ -35,6 +35,10 @@ def _launch(*args, cwd):
      ["kernels='mkl' is not allowed", "auto, xla, native"]),
     (["--experiment=train", "--config.kernels=native", "--config.grad=autodiff"],
      ["kernels='native' cannot run: grad='autodiff'", "auto, xla"]),
+    (["--experiment=train", "--config.validation_size=-1"],
+     ["validation_size=-1 is not allowed", "1438 training examples", "0 (no validation split)"]),
+    (["--experiment=depth_study", f"--config={REPO}/experiments/configs/depth_study.py:tiny",
+      "--config.validation_size=1438"], ["validation_size=1438 is not allowed", "to 1437"]),
 ])
 def test_cli_misuse_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
   workdir = tmp_path / "out"

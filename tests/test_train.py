@@ -9,6 +9,7 @@ two processes) are in test_train_distributed.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -446,3 +447,39 @@ def test_kernels_values_are_checked():
   for kernels in ("auto", "xla", "native"):
     config.kernels, config.conv_algorithm = kernels, "direct"
     loop.validate(config)
+
+
+def test_validation_split_is_evaluated_and_reported_apart_from_test(tmp_path):
+  # The validation arrays are a copy of the test split: whatever the trainer reports for
+  # validation must then equal, bit for bit, what it reports for test (the independent
+  # reference: its own test evaluation), in every metrics row and in the summary; with the
+  # validation arrays a copy of the training split they must equal the training pass instead.
+  base = train_fakes.make_dataset(int(np.random.default_rng().integers(2 ** 31)))
+  for name, (x_val, y_val), reference in (("test", (base.x_test, base.y_test), "test"),
+                                          ("train", (base.x_train, base.y_train), "train")):
+    dataset = _with_validation(base, x_val.copy(), y_val.copy())
+    summary = train_fakes.run(train_fakes.tiny_config(), str(tmp_path / name), dataset=dataset)
+    assert summary["validation_accuracy"] == summary[f"{reference}_accuracy"]
+    assert summary["validation_loss"] == summary[f"{reference}_loss"]
+    rows = metrics_lib.read_jsonl(str(tmp_path / name / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    if reference == "test":
+      for row in rows:
+        assert (row["val_loss"], row["val_accuracy"]) == (row["eval_loss"], row["eval_accuracy"])
+
+
+def _with_validation(base, x_val, y_val):
+  @dataclasses.dataclass(frozen=True, eq=False)
+  class WithValidation(train_fakes.FakeDataset):
+    x_val: np.ndarray = None
+    y_val: np.ndarray = None
+  return WithValidation(**{f.name: getattr(base, f.name)
+                           for f in dataclasses.fields(train_fakes.FakeDataset)},
+                        x_val=x_val, y_val=y_val)
+
+
+def test_no_validation_split_writes_no_validation_numbers(tmp_path):
+  summary = train_fakes.run(train_fakes.tiny_config(num_steps=2), str(tmp_path / "r"))
+  assert "validation_accuracy" not in summary
+  rows = metrics_lib.read_jsonl(str(tmp_path / "r" / "metrics.jsonl"))
+  assert all("val_accuracy" not in r for r in rows)

@@ -13,11 +13,13 @@ Everything is held as uint8 arrays on the host (``Dataset``). Per step the train
 optionally pad-4 crop + flip). See docs/datasets.md.
 
 Config fields read: ``dataset``, ``image_size`` (offline image datasets are resized to it;
-0 = native), ``data_dir``, ``download``, ``train_size`` (0 = all), and, where present,
+0 = native), ``data_dir``, ``download``, ``train_size`` (0 = all), ``validation_size``
+(training images held out as a validation split, stratified by class and chosen by
+``data_seed``; default 0 = none), and, where present,
 ``translated_split`` (default "left_right"), ``signal_length`` (default 64) and
-``data_seed`` (default 0; seeds the procedural datasets, so that runs with different
-``seed`` see the same data). ``augment`` and ``seed`` are used by the trainer with
-``prepare_batch`` and ``batch_indices``.
+``data_seed`` (default 0; seeds the procedural datasets and the validation split, so that
+runs with different ``seed`` see the same data). ``augment`` and ``seed`` are used by the
+trainer with ``prepare_batch`` and ``batch_indices``.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def load(config) -> Dataset:
   image_size = int(_field(config, "image_size", 0))
   data_seed = int(_field(config, "data_seed", 0))
   train_size = int(_field(config, "train_size", 0))
+  validation_size = int(_field(config, "validation_size", 0))
   class_names, source = (), None
   if name == "digits":
     arrays = offline.digits(image_size)
@@ -111,7 +114,8 @@ def load(config) -> Dataset:
   else:
     raise _unknown(name)
   return make_dataset(name, *arrays, num_classes, class_names=class_names,
-                      train_size=train_size, source=source)
+                      train_size=train_size, validation_size=validation_size,
+                      data_seed=data_seed, source=source)
 
 
 def describe(name: str, config=None) -> dict:

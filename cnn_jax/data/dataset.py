@@ -30,6 +30,10 @@ class Dataset:
     mean: float32 (C,) per-channel mean of ``x_train`` in pixel units (0..255).
     std: float32 (C,) per-channel std of ``x_train`` in pixel units (floored at 1).
     class_names: optional names, index = label.
+    x_val: uint8 validation images held out of the training split (``validation_size``;
+      zero rows when there is none, None in records made without ``make_dataset``);
+      ``mean``/``std`` do not see them.
+    y_val: int32 validation labels.
   """
   name: str
   x_train: np.ndarray
@@ -40,6 +44,8 @@ class Dataset:
   mean: np.ndarray
   std: np.ndarray
   class_names: tuple = ()
+  x_val: np.ndarray | None = None
+  y_val: np.ndarray | None = None
 
   @property
   def input_shape(self) -> tuple:
@@ -48,8 +54,10 @@ class Dataset:
 
 
 def make_dataset(name: str, x_train, y_train, x_test, y_test, num_classes: int, *,
-                 class_names=(), train_size: int = 0, source: str | None = None) -> Dataset:
-  """Validates the arrays, optionally subsets the training split, computes mean/std.
+                 class_names=(), train_size: int = 0, validation_size: int = 0,
+                 data_seed: int = 0, source: str | None = None) -> Dataset:
+  """Validates the arrays, holds out a validation split, optionally subsets the training
+  split, computes mean/std.
 
   Args:
     name: dataset name for the record.
@@ -58,7 +66,11 @@ def make_dataset(name: str, x_train, y_train, x_test, y_test, num_classes: int, 
     num_classes: labels must lie in ``[0, num_classes)``.
     class_names: optional tuple of names.
     train_size: keep this many training examples (0 = all), a fixed subset (seed 0) so the
-      same ``train_size`` always means the same examples.
+      same ``train_size`` always means the same examples; taken from what the validation
+      split leaves.
+    validation_size: hold this many training examples out as the validation split (0 =
+      none), stratified by class (``validation_indices``), chosen by ``data_seed``.
+    data_seed: seeds the choice of the validation examples.
     source: what to name in error messages (a file path); defaults to ``name``.
 
   Returns:
@@ -107,10 +119,20 @@ def make_dataset(name: str, x_train, y_train, x_test, y_test, num_classes: int, 
                      f"class needs some.")
   if train_size < 0:
     raise ValueError(f"train_size={train_size} is negative; use 0 for the whole split.")
+  n = arrays["x_train"].shape[0]
+  if validation_size < 0 or validation_size >= n:
+    raise ValueError(f"validation_size={validation_size} is not allowed: {where} has {n} "
+                     f"training examples; give 0 (no validation split) to {n - 1}.")
+  held = validation_indices(arrays["y_train"], validation_size, data_seed)
+  kept = np.setdiff1d(np.arange(n), held)
+  arrays["x_val"], arrays["y_val"] = arrays["x_train"][held], arrays["y_train"][held]
+  arrays["x_train"], arrays["y_train"] = arrays["x_train"][kept], arrays["y_train"][kept]
   if train_size:
     n = arrays["x_train"].shape[0]
     if train_size > n:
-      raise ValueError(f"train_size={train_size} exceeds the {n} training examples of {name}.")
+      raise ValueError(f"train_size={train_size} exceeds the {n} training examples of {name}"
+                       + (f" left by validation_size={validation_size}." if validation_size
+                          else "."))
     keep = np.sort(pipeline.epoch_permutation(n, 0, 0)[:train_size])
     arrays["x_train"] = arrays["x_train"][keep]
     arrays["y_train"] = arrays["y_train"][keep]
@@ -127,3 +149,34 @@ def _absent_classes(labels: np.ndarray, num_classes: int, class_names=()) -> lis
   """The classes (named where ``class_names`` has names) that no label in ``labels`` holds."""
   absent = np.setdiff1d(np.arange(num_classes), labels)
   return [str(class_names[i]) if len(class_names) > i else str(i) for i in absent]
+
+
+def validation_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+  """Indices of ``size`` examples to hold out, stratified by class, chosen by ``seed``.
+
+  Class ``c`` with ``n_c`` of the ``N`` examples gives ``size * n_c / N`` of them, rounded by
+  largest remainder (ties to the smaller class index) so the counts sum to ``size``; a
+  class-balanced split with ``size`` a multiple of the class count gives each class exactly
+  ``size / K``. Within a class the examples are the first ones of a ``seed``-keyed
+  permutation (``pipeline.epoch_permutation``, the same on every machine).
+
+  Args:
+    labels: int (N,) class labels.
+    size: how many to hold out, ``0 <= size < N``.
+    seed: the data seed.
+
+  Returns:
+    int64 (size,) sorted indices into ``labels``.
+  """
+  labels = np.asarray(labels)
+  if size == 0:
+    return np.zeros((0,), np.int64)
+  classes, counts = np.unique(labels, return_counts=True)
+  quota = size * counts / len(labels)
+  take = np.floor(quota).astype(np.int64)
+  # Largest remainders first; a stable sort breaks ties by class order.
+  order = np.argsort(-(quota - take), kind="stable")
+  take[order[:size - int(take.sum())]] += 1
+  perm = pipeline.epoch_permutation(len(labels), seed, 0)
+  chosen = [perm[labels[perm] == c][:k] for c, k in zip(classes, take)]
+  return np.sort(np.concatenate(chosen)).astype(np.int64)

@@ -92,6 +92,12 @@ def load(name: str, data_dir: str = "", download: bool = False):
     sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir or None,
                                download=download)
   except ModuleNotFoundError as error:
+    if error.name == "tensorflow":
+      # Preparing (download=True) encodes the images with TensorFlow; reading does not.
+      raise ValueError(f"dataset={name!r}: preparing it needs TensorFlow (TFDS encodes the "
+                       f"images with it): run `tfds build {name} --file_format=array_record` "
+                       f"once where requirements-tf.txt is installed (docs/datasets.md); "
+                       f"reading the prepared files then needs no TensorFlow.") from None
     # tensorflow-datasets 4.9.10 imports importlib_resources lazily without declaring it.
     raise ValueError(f"dataset={name!r}: tensorflow-datasets could not import {error.name!r}; "
                      f"install the pinned requirements.txt (it lists it).") from None

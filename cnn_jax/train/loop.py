@@ -291,6 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
   Returns:
     The summary (also in ``summary.json``): ``train_loss``, ``train_accuracy`` (a full pass over
     the training split in eval mode, after training), ``test_loss``, ``test_accuracy``,
+    ``validation_loss`` and ``validation_accuracy`` (only with a validation split),
     ``steps``, ``wall_time_s`` (all sessions of the run), ``num_params``, ``devices``,
     ``processes``, ``resumed_from`` (the checkpoint step this session started from, or None).
   Raises:
@@ -398,7 +399,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
   rows = sharding_lib.process_rows(config.batch_size)
   x_train, y_train = dataset.x_train, np.asarray(dataset.y_train, np.int32)
   x_test, y_test = dataset.x_test, np.asarray(dataset.y_test, np.int32)
-  last_eval = None
+  # The validation split (config.validation_size), reported beside the test split, never
+  # mixed with it; None when there is none.
+  x_val = getattr(dataset, "x_val", None)
+  has_val = x_val is not None and len(x_val) > 0
+  y_val = np.asarray(dataset.y_val, np.int32) if has_val else None
+  last_eval = last_val = None
   scalar_keys = ("loss", "accuracy", "learning_rate", "grad_norm", "param_norm", "update_norm",
                  "finite")
 
@@ -443,6 +449,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
                "images_per_sec": timed_steps * config.batch_size / max(window_time, 1e-9)}
         ev = last_eval = evaluate(eval_step, state, x_test, y_test, config.batch_size, mesh)
         row["eval_loss"], row["eval_accuracy"] = ev["loss"], ev["accuracy"]
+        if has_val:
+          val = last_val = evaluate(eval_step, state, x_val, y_val, config.batch_size, mesh)
+          row["val_loss"], row["val_accuracy"] = val["loss"], val["accuracy"]
         writer.write(step, row)
         logging.info("step %d: %s", step, {k: round(v, 5) for k, v in row.items()})
         window = {"loss": 0.0, "accuracy": 0.0, "steps": 0}
@@ -459,6 +468,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     test = last_eval if last_eval is not None else evaluate(
         eval_step, state, x_test, y_test, config.batch_size, mesh)
     train = evaluate(eval_step, state, x_train, y_train, config.batch_size, mesh)
+    if has_val and last_val is None:
+      last_val = evaluate(eval_step, state, x_val, y_val, config.batch_size, mesh)
   finally:
     interrupts.close()
     writer.close()
@@ -471,6 +482,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
       "num_params": num_params, "devices": int(mesh.devices.size),
       "processes": jax.process_count(), "resumed_from": resume_step,
   }
+  if has_val:
+    summary["validation_loss"] = last_val["loss"]
+    summary["validation_accuracy"] = last_val["accuracy"]
   if is_chief:
     atomic.write_json(summary_path, summary)
   _sync("cnn_jax.train: summary written")

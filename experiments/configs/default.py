@@ -56,7 +56,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.download = False
   config.augment = False
   config.train_size = 0            # 0 = the whole training split
-  config.data_seed = 0             # seeds the procedural datasets (shapes10, translated, signals1d)
+  config.validation_size = 0       # training images held out for validation (stratified by
+                                   # class, chosen by data_seed); 0 = none
+  config.data_seed = 0             # seeds the procedural datasets (shapes10, translated,
+                                   # signals1d) and the validation split
   config.translated_split = "left_right"  # translated: left_right | center | random
   config.signal_length = 64        # signals1d sequence length
   # Optimisation.
