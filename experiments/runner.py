@@ -46,6 +46,7 @@ EXPERIMENTS = {
     "resnext": "cardinality against width at about equal parameters (Xie et al. 2017)",
     "bottleneck": "1x1 bottleneck blocks: parameters and FLOPs saved, accuracy kept",
     "one_by_one": "1x1 reduce learned vs depth average pooling vs fixed random: accuracy, params",
+    "signals1d": "1-D repeating signals: dense vs locally connected vs shared against data",
     "translation": "MLP vs CNN vs CNN with global pooling at unseen positions",
     "pooling": "max vs average vs weighted vs L2 pooling: accuracy, shift invariance, cost",
     "receptive_field": "analytic vs measured receptive fields, effective field growth",
