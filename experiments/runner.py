@@ -48,6 +48,7 @@ EXPERIMENTS = {
     "one_by_one": "1x1 reduce learned vs depth average pooling vs fixed random: accuracy, params",
     "signals1d": "1-D repeating signals: dense vs locally connected vs shared against data",
     "residual_responses": "He et al. Fig. 7: BN response stds and |F(x)|/|x| per block, plain vs ResNet",
+    "effective_field": "effective receptive field (Luo et al.) at init and trained, plain vs ResNet",
     "translation": "MLP vs CNN vs CNN with global pooling at unseen positions",
     "pooling": "max vs average vs weighted vs L2 pooling: accuracy, shift invariance, cost",
     "receptive_field": "analytic vs measured receptive fields, effective field growth",
