@@ -17,6 +17,9 @@ def get_config(variant: str = "full"):
   config.head = "global_avg"       # local/simple_cnn: no flatten, so the counts show sharing
   config.num_steps = 300
   config.eval_every = 100
+  if variant == "small":  # measured in docs/experiments.md
+    config.train_sizes = "50,200,1000,5000"
+    config.num_steps = 200
   if variant == "tiny":
     default.tiny(config)
     config.dataset = "signals1d"
