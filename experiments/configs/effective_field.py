@@ -3,9 +3,9 @@
   python launch.py --experiment=effective_field
   python launch.py --experiment=effective_field --config=experiments/configs/effective_field.py:demo
 
-``demo`` trains as the depth study's demo (digits at 12×12, batch 64, 400 steps), at 16×16
-so the 20-layer nets' field is not all of the image: the variant measured in
-docs/experiments.md.
+``demo`` trains as the depth study's demo (digits at 12×12, batch 64, 400 steps): the variant
+measured in docs/experiments.md. The 20-layer nets' theoretical field (81×81) covers all of
+a 12×12 image, so there ``fraction_of_field`` is the fraction of the image.
 """
 
 from experiments.configs import default
@@ -18,8 +18,6 @@ def get_config(variant: str = "full"):
   config.depth = 20
   config.num_examples = 64         # test images the gradient maps are averaged over
   config.num_inits = 4             # random initialisations averaged for the "init" maps
-  if variant == "demo":
-    config.image_size = 16
   if variant == "tiny":
     default.tiny(config)
     config.depth = 8
