@@ -19,7 +19,9 @@ through it in eval mode. From ``analysis.residual.block_statistics``:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -45,6 +47,31 @@ def check(config):
     raise ValueError(f"num_examples={config.num_examples!r} is not allowed: give an int >= 2.")
 
 
+def unscanned(model, variables):
+  """The unrolled twin of a model whose stages scan their blocks, and its variables.
+
+  ``block_statistics`` intercepts every block's call, which under ``nn.scan`` would catch
+  values of the scan's trace; the unrolled twin computes the same function, with each
+  stacked ``stage/blocks/block`` leaf split into ``stage/block1``, ``stage/block2``, ….
+  """
+  if not getattr(model, "scan_blocks", False):
+    return model, variables
+
+  def split(tree):
+    if not isinstance(tree, Mapping):
+      return tree
+    out = {k: split(v) for k, v in tree.items() if k != "blocks"}
+    if "blocks" in tree:
+      (stacked,) = tree["blocks"].values()
+      first = sum(k.startswith("block") for k in out)  # unrolled blocks before the scan
+      count = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+      for i in range(count):
+        out[f"block{first + i}"] = jax.tree_util.tree_map(lambda a, i=i: a[i], stacked)
+    return out
+
+  return model.clone(scan_blocks=False), {k: split(v) for k, v in variables.items()}
+
+
 def run(config, workdir):
   check(config)
   names = study.parse_list(config.models, "models")
@@ -57,7 +84,7 @@ def run(config, workdir):
                                          augment=False))
   stats, rows = {}, []
   for r in runs:
-    model, variables = restore.load_trained(r.config, r.workdir, dataset=dataset)
+    model, variables = unscanned(*restore.load_trained(r.config, r.workdir, dataset=dataset))
     stats[r.name] = residual.block_statistics(model, variables, x, train=False)
     stds = [s["std"] for s in stats[r.name]["responses"] if not s["on_shortcut"]]
     ratios = [b["ratio"] for b in stats[r.name]["blocks"]]

@@ -247,3 +247,25 @@ def test_lesson_studies_refuse_impossible_settings(tmp_path, name, override, wor
   message = [line for line in result.stderr.splitlines() if line.strip()]
   assert len(message) == 1 and all(w in message[0] for w in words), result.stderr
   assert not workdir.exists()
+
+
+def test_unscanned_twin_computes_the_same_function(rng):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  from experiments import residual_responses  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.update(model="resnet", depth=20, width=4, grad="autodiff", scan_blocks=True,
+                min_scanned_blocks=1)
+  model = models.build(config)
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
+  variables = jax.jit(lambda v: model.init(jax.random.key(int(rng.integers(2 ** 31))), v))(x)
+  twin, twin_variables = residual_responses.unscanned(model, variables)
+  assert "blocks" in variables["params"]["stage1"] and "blocks" not in twin_variables["params"][
+      "stage1"]
+  assert sorted(twin_variables["params"]["stage1"]) == ["block0", "block1", "block2"]
+  # The same float32 operations in the same order, scanned or not: 1e-5 covers XLA's fusion.
+  np.testing.assert_allclose(twin.apply(twin_variables, x), model.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
