@@ -72,11 +72,16 @@ def feature_map_fn(model, variables):
   return fn
 
 
-def mean_gradient_map(model, variables, xs, index) -> np.ndarray:
-  """Mean over ``xs`` of |d sum_c unit(index, c) / d x| summed over input channels."""
-  fn = feature_map_fn(model, variables)
-  maps = jax.jit(jax.vmap(lambda x: rf.gradient_map(fn, x[None], index)))(xs)
-  return np.asarray(jnp.mean(maps, axis=0), dtype=np.float64)
+def mean_gradient_map_fn(model, index):
+  """``(variables, xs) -> mean over xs of |d sum_c unit(index, c) / d x|`` summed over input
+  channels; compiled once per model, for any variables of its shapes (init or trained)."""
+
+  def one(variables, x):
+    return rf.gradient_map(feature_map_fn(model, variables), x[None], index)
+
+  batched = jax.jit(jax.vmap(one, in_axes=(None, 0)))
+  return lambda variables, xs: np.asarray(jnp.mean(batched(variables, xs), axis=0),
+                                          dtype=np.float64)
 
 
 def mass_pixels(field_map: np.ndarray, fraction: float = 0.95) -> int:
@@ -104,11 +109,10 @@ def run(config, workdir):
     index = tuple((n - 1) // 2 for n in record.output_size)
     field = rf.field_mask(record, index)
     init = jax.jit(lambda k, model=model: model.init(k, xs[:1], train=False))
-    states = {
-        "init": np.mean([mean_gradient_map(model, init(k), xs, index) for k in jax.random.split(
-            jax.random.key(int(config.seed) + 1), int(config.num_inits))], axis=0),
-        "trained": mean_gradient_map(model, trained, xs, index),
-    }
+    mean_map = mean_gradient_map_fn(model, index)
+    keys = jax.random.split(jax.random.key(int(config.seed) + 1), int(config.num_inits))
+    states = {"init": np.mean([mean_map(init(k), xs) for k in keys], axis=0),
+              "trained": mean_map(trained, xs)}
     for state, field_map in states.items():
       field_map = field_map / field_map.sum()
       pixels95 = mass_pixels(field_map)
