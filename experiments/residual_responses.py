@@ -104,7 +104,7 @@ def run(config, workdir):
        "sorted by magnitude": {n: (np.arange(1, len(v) + 1), np.sort(v)[::-1])
                                for n, v in main.items()}},
       xlabel="layer index (BN outputs on the main path)", ylabel="std of the response",
-      title="He et al. Fig. 7: responses after BN, before the addition (trained, eval mode)")
+      logy=True, title="He et al. Fig. 7: responses after BN, before the addition (trained, eval mode)")
   lesson_figures.line_panels(
       os.path.join(plots, "block_ratio.png"),
       {"rms(F(x)) / rms(x) per block": {
