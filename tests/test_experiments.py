@@ -180,3 +180,94 @@ def test_plot_redraws_a_run_from_its_metrics_without_marking_it_finished(tmp_pat
   assert not (run_dir / "summary.json").exists()
   with pytest.raises(ValueError, match="no metrics.jsonl"):
     runner.run_one("plot", default.get_config(), str(tmp_path / "empty"))
+
+
+# ---- the lesson's studies: 1x1 reduce, 1-D signals, Fig. 7, effective receptive field -------
+
+def test_one_by_one_study_table_has_each_reduce(tmp_path):
+  workdir = str(tmp_path / "one_by_one")
+  summary = runner.run_one("one_by_one", _tiny_config("one_by_one"), workdir)
+  rows = {r["reduce"]: r for r in summary["results"]}
+  assert set(rows) == {"conv", "depth_avg", "fixed_random"}
+  # Depth 11, width 16: one block per stage; the learned reduces hold 16*16 + 64*32 + 128*64
+  # weights (stage inputs 16, 64, 128 channels into 16, 32, 64), which the others do without.
+  assert rows["conv"]["params"] - rows["depth_avg"]["params"] == 16 * 16 + 64 * 32 + 128 * 64
+  assert rows["depth_avg"]["params"] == rows["fixed_random"]["params"]
+  assert os.path.exists(os.path.join(workdir, "plots", "test_error.png"))
+
+
+def test_signals1d_study_counts_first_layers(tmp_path):
+  workdir = str(tmp_path / "signals1d")
+  config = _tiny_config("signals1d")
+  config.models = "mlp,local,simple_cnn"
+  summary = runner.run_one("signals1d", config, workdir)
+  first = {r["model"]: r["first_layer_params"] for r in summary["results"]}
+  length, width, hidden = config.signal_length, config.width, config.hidden
+  assert first == {"mlp": length * hidden + hidden,            # O(n^2) when hidden ~ n
+                   "local": length * (3 * width + width),       # a 3-tap kernel per position
+                   "simple_cnn": 3 * width + width}             # one shared 3-tap kernel
+  assert len(summary["results"]) == 3 * 2
+  assert _pngs(workdir)
+
+
+def test_residual_responses_study_reads_trained_runs(tmp_path):
+  workdir = str(tmp_path / "residual_responses")
+  summary = runner.run_one("residual_responses", _tiny_config("residual_responses"), workdir)
+  rows = {r["model"]: r for r in summary["results"]}
+  assert set(rows) == {"plain", "resnet"}
+  assert all(r["responses"] == 7 for r in rows.values())  # depth 8: 3 blocks x 2 BN + stem BN
+  stats = json.load(open(os.path.join(workdir, "statistics.json")))
+  assert len(stats["resnet-8"]["blocks"]) == 3
+  assert {"response_std.png", "block_ratio.png"} <= set(os.listdir(
+      os.path.join(workdir, "plots")))
+
+
+def test_effective_field_study_fraction_within_the_field(tmp_path):
+  workdir = str(tmp_path / "effective_field")
+  summary = runner.run_one("effective_field", _tiny_config("effective_field"), workdir)
+  rows = summary["results"]
+  assert {(r["model"], r["state"]) for r in rows} == {
+      (m, s) for m in ("plain", "resnet") for s in ("init", "trained")}
+  for row in rows:
+    assert 0 < row["pixels_95"] <= row["field_pixels"]
+    assert row["fraction_of_field"] == row["pixels_95"] / row["field_pixels"]
+  assert _pngs(workdir)
+
+
+@pytest.mark.parametrize("name, override, words", [
+    ("one_by_one", "--config.variants=model=resnet", ["no 1x1 reduce"]),
+    ("signals1d", "--config.dataset=digits", ["signals1d"]),
+    ("residual_responses", "--config.models=plain,bottleneck", ["bottleneck"]),
+    ("effective_field", "--config.models=resnet,simple_cnn", ["flattens"]),
+])
+def test_lesson_studies_refuse_impossible_settings(tmp_path, name, override, words):
+  workdir = tmp_path / "run"
+  result = subprocess.run([sys.executable, os.path.join(REPO, "launch.py"),
+                           f"--experiment={name}", override, f"--workdir={workdir}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  message = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(message) == 1 and all(w in message[0] for w in words), result.stderr
+  assert not workdir.exists()
+
+
+def test_unscanned_twin_computes_the_same_function(rng):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  from experiments import residual_responses  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.update(model="resnet", depth=20, width=4, grad="autodiff", scan_blocks=True,
+                min_scanned_blocks=1)
+  model = models.build(config)
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
+  variables = jax.jit(lambda v: model.init(jax.random.key(int(rng.integers(2 ** 31))), v))(x)
+  twin, twin_variables = residual_responses.unscanned(model, variables)
+  assert "blocks" in variables["params"]["stage1"] and "blocks" not in twin_variables["params"][
+      "stage1"]
+  assert sorted(twin_variables["params"]["stage1"]) == ["block0", "block1", "block2"]
+  # The same float32 operations in the same order, scanned or not: 1e-5 covers XLA's fusion.
+  np.testing.assert_allclose(twin.apply(twin_variables, x), model.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)

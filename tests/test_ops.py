@@ -278,38 +278,39 @@ def test_locally_connected_differs_per_position(rng):
   _close(y[0, 2, 0], x[0, 2:5, 0].sum())
 
 
+def _built_param_counts(model_name, n, channels, **fields):
+  """``{layer: parameter count}`` of a zoo model built on an ``n x n x channels`` input."""
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.update(model=model_name, num_classes=10, grad="autodiff", **fields)
+  model = models.build(config)
+  x = jax.ShapeDtypeStruct((1, n, n, channels), jnp.float32)
+  params = jax.eval_shape(lambda v: model.init(jax.random.key(0), v), x)["params"]
+  return {layer: sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(tree))
+          for layer, tree in params.items()}
+
+
 def test_parameter_counts_of_the_lesson():
-  """Dense O(n²) → locally connected O(n) → shared O(1), counted from the ops' own shapes."""
-  # 224x224x3 image, 10 outputs, one dense layer, no bias: 1,505,280 weights.
-  assert 224 * 224 * 3 * 10 == 1_505_280
-  dense_x = jax.ShapeDtypeStruct((1, 224 * 224 * 3), jnp.float32)
-  dense_w = jax.ShapeDtypeStruct((224 * 224 * 3, 10), jnp.float32)
-  assert jax.eval_shape(jnp.matmul, dense_x, dense_w).shape == (1, 10)
-  assert dense_w.size == 1_505_280
-
-  def local_kernel_size(n):
-    out = ops.output_size((n, n), 3, 1, "SAME")
-    w = jax.ShapeDtypeStruct(out + (3, 3, 1, 1), jnp.float32)
-    x = jax.ShapeDtypeStruct((1, n, n, 1), jnp.float32)
-    jax.eval_shape(lambda a, b: ops.locally_connected(a, b, padding="SAME"), x, w)
-    return w.size
-
-  def shared_kernel_size(n):
-    w = jax.ShapeDtypeStruct((3, 3, 1, 1), jnp.float32)
-    x = jax.ShapeDtypeStruct((1, n, n, 1), jnp.float32)
-    jax.eval_shape(lambda a, b: ops.correlate(a, b, padding="SAME"), x, w)
-    return w.size
-
-  def dense_size(n):
-    return (n * n) ** 2  # n² inputs to n² outputs
-
-  sizes = [8, 16, 32, 64]
-  positions = [n * n for n in sizes]
-  local = [local_kernel_size(n) for n in sizes]
-  assert [l / p for l, p in zip(local, positions)] == [9.0] * 4  # linear in positions
-  assert {shared_kernel_size(n) for n in sizes} == {9}  # constant
-  dense = [dense_size(n) for n in sizes]
-  assert [d / p ** 2 for d, p in zip(dense, positions)] == [1.0] * 4  # quadratic
+  """Dense O(n²) → locally connected O(n) → shared O(1), counted on built models."""
+  # The lesson's example: a 224x224x3 image into 10 classes, one dense layer: 150,528 inputs
+  # x 10 weights + 10 biases.
+  mlp = _built_param_counts("mlp", 224, 3, depth=1)
+  assert mlp == {"classifier": 224 * 224 * 3 * 10 + 10}
+  for n in (8, 16, 32):
+    positions = n * n
+    # One 3x3 SAME layer of 4 filters on a 1-channel map (stride 1: no pooling), then dense.
+    fields = dict(depth=1, width=4, hidden=16, stride=1)
+    shared = _built_param_counts("simple_cnn", n, 1, **fields)
+    local = _built_param_counts("local", n, 1, **fields)
+    assert shared["conv1"] == 3 * 3 * 1 * 4 + 4  # O(1): the same for every n
+    assert local["local1"] == positions * (3 * 3 * 1 * 4 + 4)  # O(n): a kernel per position
+    for counts in (shared, local):  # the same topology after the layer
+      assert counts["dense1"] == positions * 4 * 16 + 16
+      assert counts["classifier"] == 16 * 10 + 10
+    # n² inputs fully connected to n² hidden units: O(n²) weights.
+    dense = _built_param_counts("mlp", n, 1, depth=2, hidden=positions)
+    assert dense["dense1"] == positions * positions + positions
 
 
 # --------------------------------------------------------------------------------- bad input

@@ -312,3 +312,60 @@ def test_masks_reject_bad_indices():
     rf.influence_mask(record, (0,))
   with pytest.raises(ValueError, match="input_shape"):
     rf.field_mask(rf.receptive_field([(3, 1, 1)])[-1])
+
+
+# ---- the closed form (size, jump, left, start, taps) against the measured field ---------------
+
+def _closed_form_mask(record, index, n):
+  """Input pixels ``left + o * jump + t`` (t in taps) per dim, from the recurrences alone."""
+  mask = np.ones((n,) * len(index), dtype=bool)
+  for dim, o in enumerate(index):
+    line = np.zeros(n, dtype=bool)
+    coords = record.left[dim] + o * record.jump[dim] + np.asarray(record.taps[dim])
+    line[coords[(coords >= 0) & (coords < n)]] = True
+    mask &= line.reshape([-1 if d == dim else 1 for d in range(len(index))])
+  return mask
+
+
+def _strided_padded_stack(rng, num_dims):
+  """A random conv/pool stack whose layers after the first stride have explicit padding."""
+  n = _SIZES[num_dims]
+  while True:
+    records, steps = _random_stack(rng, num_dims)
+    jump, padded_after_stride = 1, False
+    for kind, op in records[-1].program:  # resolved pads: (kernel, stride, lo, hi, ...) per dim
+      padded_after_stride |= kind == "window" and op[0].lo > 0 and jump > 1
+      jump *= op[0].stride
+    out = records[-1].output_size
+    interior = [o for o in range(out[0])
+                if 0 <= records[-1].bounds((o,) * num_dims)[0][0]
+                and records[-1].bounds((o,) * num_dims)[0][1] < n]
+    if padded_after_stride and interior:  # the case a wrong `left` recurrence gets wrong
+      return records, steps
+
+
+@pytest.mark.parametrize("num_dims", [1, 2])
+def test_closed_form_field_equals_gradient_support(rng, num_dims):
+  # The recurrences of the module docstring, not field_mask's layer-by-layer walk: every
+  # output's measured support lies in {left + o * jump + taps}, and where that box lies inside
+  # the input no padded zero cuts a path (a path through padding would reach a pixel outside
+  # the input), so the two are equal, and the support's bounding box is centred on
+  # start + o * jump with extent size.
+  n = _SIZES[num_dims]
+  for _ in range(3):
+    records, steps = _strided_padded_stack(rng, num_dims)
+    record = records[-1]
+    params = _positive_params(rng, steps, num_dims)
+    x = jnp.asarray(rng.uniform(0.5, 1.0, (1,) + (n,) * num_dims + (2,)), jnp.float32)
+    apply = jax.jit(lambda v: _apply_stack(steps, params, v, "avg"))
+    for o in range(record.output_size[0]):
+      index = (o,) * num_dims
+      measured = rf.gradient_support(apply, x, index)
+      closed = _closed_form_mask(record, index, n)
+      assert not np.any(measured & ~closed), f"{steps} at {index}: support outside the field"
+      box = record.bounds(index)
+      if all(0 <= lo and hi < n for lo, hi in box):
+        np.testing.assert_array_equal(measured, closed, err_msg=f"{steps} at {index}")
+        hit = np.flatnonzero(measured.reshape(n, -1).any(axis=1))
+        assert hit[-1] - hit[0] + 1 == record.size[0], f"{steps} at {index}"
+        assert (hit[0] + hit[-1]) / 2 == record.start[0] + o * record.jump[0], f"{steps}"

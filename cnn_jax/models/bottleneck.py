@@ -21,15 +21,20 @@ bottleneck ResNets have cardinality 1 and ``bottleneck_width = stem_features = 1
 from __future__ import annotations
 
 import functools
+import zlib
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from cnn_jax import layers, native
+from cnn_jax import layers, native, ops
 from cnn_jax.models import checks, stages
 from cnn_jax.models.resnet import validate_common
 
 BLOCK_FORMS = ("grouped", "split")
+# What does the first 1x1 (the reduce): a learned conv, depth average pooling (equal fixed
+# weights), or a fixed random 1x1 (He-normal, never trained): experiments/one_by_one.py.
+REDUCES = ("conv", "depth_avg", "fixed_random")
 
 
 class BottleneckBlock(nn.Module):
@@ -44,6 +49,7 @@ class BottleneckBlock(nn.Module):
     groups: groups of the 3×3 conv (the cardinality).
     strides: stride of the 3×3 conv.
     residual, shortcut, zero_init_residual, grad, dtype: as ``resnet.BasicBlock``.
+    reduce: the first 1×1 layer, one of ``REDUCES``.
   """
   features: int
   inner_features: int
@@ -55,6 +61,19 @@ class BottleneckBlock(nn.Module):
   grad: str = "autodiff"
   kernels: native.Kernels = native.XLA
   dtype: str = "float32"
+  reduce: str = "conv"
+
+  def _reduce(self, x, conv):
+    if self.reduce == "conv":
+      return conv(self.inner_features, 1, name="conv1")(x)
+    if self.reduce == "depth_avg":
+      return ops.depth_avg_pool(x, self.inner_features)
+    # A constant of the program, not a parameter: seeded by the block's path, so every block
+    # has its own and every call the same.
+    seed = zlib.crc32("/".join(self.scope.path).encode())
+    fan_in = x.shape[-1]
+    w = jax.random.normal(jax.random.key(seed), (1, 1, fan_in, self.inner_features))
+    return ops.for_grad(self.grad).correlate(x, (w * (2.0 / fan_in) ** 0.5).astype(x.dtype))
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -62,7 +81,7 @@ class BottleneckBlock(nn.Module):
     conv = functools.partial(layers.Conv, padding="SAME", use_bias=False, grad=self.grad,
                              kernels=self.kernels,
                              dtype=dtype)
-    y = conv(self.inner_features, 1, name="conv1")(x)
+    y = self._reduce(x, conv)
     y = nn.relu(stages.batch_norm(train, dtype, name="bn1", grad=self.grad,
                                   kernels=self.kernels)(y))
     y = conv(self.inner_features, 3, strides=self.strides, groups=self.groups, name="conv2")(y)
@@ -115,6 +134,7 @@ class BottleneckResNet(nn.Module):
   model: str = "bottleneck"
   scan_blocks: bool = False
   min_scanned_blocks: int = stages.MIN_SCANNED_BLOCKS
+  reduce: str = "conv"
 
   @property
   def width(self) -> int:
@@ -125,6 +145,10 @@ class BottleneckResNet(nn.Module):
     validate_common(self, self.model)
     checks.check_int("stem_features", self.stem_features)
     checks.check_choice("block_form", self.block_form, BLOCK_FORMS)
+    checks.check_choice("reduce", self.reduce, REDUCES)
+    if self.reduce != "conv" and self.block_form != "grouped":
+      raise ValueError(f"reduce={self.reduce!r} is not allowed with block_form="
+                       f"{self.block_form!r}: only the grouped block's 1x1 reduce is swapped.")
     if self.model == "bottleneck" and self.bottleneck_width % self.cardinality:
       # Here ``width`` is the whole bottleneck (He et al.), which the groups must split evenly.
       raise ValueError(f"cardinality={self.cardinality} is not allowed with "
@@ -152,8 +176,10 @@ class BottleneckResNet(nn.Module):
     inner = self.bottleneck_width if self.model == "bottleneck" else (
         self.cardinality * self.bottleneck_width)
     for i in range(3):
+      extra = {"reduce": self.reduce} if block_cls is BottleneckBlock else {}
       block = functools.partial(
           block_cls, features=4 * self.stem_features * 2 ** i, inner_features=inner * 2 ** i,
+          **extra,
           groups=self.cardinality, residual=self.residual, shortcut=self.shortcut,
           zero_init_residual=self.zero_init_residual, grad=self.grad, kernels=self.kernels,
           dtype=self.dtype)
@@ -174,4 +200,4 @@ def from_config(config) -> BottleneckResNet:
       zero_init_residual=config.zero_init_residual, stride=config.stride,
       first_stride=config.first_stride, downsample=config.downsample, pool=config.pool,
       grad=config.grad, dtype=config.dtype, model="bottleneck",
-      **stages.scan_settings(config))
+      reduce=config.get("reduce", "conv"), **stages.scan_settings(config))

@@ -19,6 +19,7 @@ from cnn_jax.ops.correlation import (
 from cnn_jax.ops.normalization import batch_norm, per_channel
 from cnn_jax.ops.pooling import (
     avg_pool,
+    depth_avg_pool,
     gaussian_window,
     global_avg_pool,
     global_max_pool,

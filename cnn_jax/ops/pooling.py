@@ -150,3 +150,22 @@ def global_avg_pool(x):
 def global_max_pool(x):
   """Largest value over every spatial position: ``(N, *spatial, C)`` → ``(N, C)``."""
   return jnp.max(x, axis=tuple(range(1, x.ndim - 1)))
+
+
+def depth_avg_pool(x, features: int):
+  """Average pooling along the depth (channel) axis: ``(N, *spatial, C)`` → ``(N, *spatial,
+  features)``, output channel ``j`` the mean of input channels ``j·r .. j·r + r − 1``,
+  ``r = C / features``.
+
+  The 1×1 convolution whose weights are ``1/r`` on those channels and 0 elsewhere: a 1×1 conv is
+  a per-pixel weighted sum over channels, and with equal weights it is this pool.
+
+  Raises:
+    ValueError: if ``features`` does not divide the channel count.
+  """
+  channels = x.shape[-1]
+  if isinstance(features, bool) or not isinstance(features, int) or features < 1 or (
+      channels % features):
+    raise ValueError(f"features={features!r} is not allowed: give an int >= 1 that divides "
+                     f"the input's {channels} channels.")
+  return jnp.mean(x.reshape(x.shape[:-1] + (features, channels // features)), axis=-1)

@@ -16,6 +16,11 @@ def get_config(variant: str = "full"):
   config.image_size = 16
   config.num_steps = 300
   config.eval_every = 50
+  if variant == "small":  # measured in docs/experiments.md (a few minutes on 2 cores)
+    config.variants = "model=resnet,depth=8;model=bottleneck,depth=11;model=resnet,depth=20;model=bottleneck,depth=20"
+    config.image_size = 12
+    config.batch_size = 64
+    config.num_steps = 200
   if variant == "tiny":
     default.tiny(config)
     config.variants = "model=resnet,depth=8;model=bottleneck,depth=11"

@@ -22,6 +22,10 @@ def get_config(variant: str = "full"):
   config.image_size = 16
   config.num_steps = 300
   config.eval_every = 100
+  if variant == "small":  # measured in docs/experiments.md (a few minutes on 2 cores)
+    config.train_sizes = "50,200,1000"
+    config.image_size = 12
+    config.num_steps = 200
   if variant == "tiny":
     default.tiny(config)
     config.sizes = "8,16,32"
