@@ -78,7 +78,12 @@ def default_config_path(name: str) -> str:
 
 
 def parse_value(field: str, text: str, current: Any) -> Any:
-  """Parses ``text`` as the type of the config field's current value."""
+  """Parses ``text`` as the type of the config field's current value (for a model field left
+  ``None``, the type of the models' own defaults)."""
+  if current is None:
+    from cnn_jax import models  # pylint: disable=g-import-not-at-top
+    kind = models.field_type(field)
+    current = kind() if kind is not None else None
   try:
     if isinstance(current, bool):
       lowered = text.lower()

@@ -66,7 +66,7 @@ class MetricsWriter:
   """Writes rows to the JSON-lines files and TensorBoard, and drives the progress bar."""
 
   def __init__(self, workdir: str, *, num_steps: int, start_step: int, enabled: bool,
-               progress: bool):
+               progress: bool, description: str = ""):
     """Opens the writers for ``workdir``.
 
     Args:
@@ -76,6 +76,8 @@ class MetricsWriter:
         TensorBoard purges its events after it.
       enabled: False on every process but 0.
       progress: show the tqdm bar (only if stderr is a terminal too).
+      description: the bar's label (the run's name); the bar is cleared when the run ends,
+        which its caller reports in one line.
     """
     self.enabled = enabled
     self.metrics_path = os.path.join(workdir, METRICS_FILE)
@@ -95,7 +97,8 @@ class MetricsWriter:
     if progress and sys.stderr.isatty():
       import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm.tqdm(total=num_steps, initial=start_step, file=sys.stderr,
-                            unit="step", dynamic_ncols=True)
+                            unit="step", dynamic_ncols=True, desc=description or None,
+                            leave=False)
 
   def write(self, step: int, row: Mapping[str, float]) -> None:
     """Appends ``{"step": step, **row}`` to metrics.jsonl and each scalar to TensorBoard."""
