@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -180,8 +181,7 @@ def test_train_step_is_one_sgd_step_on_the_batch_loss(rng, trainer_options):
   assert step._cache_size() == 1  # pylint: disable=protected-access
   # float32 forward/backward of the same graph: 1e-5 relative.
   np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-               new_state.params, want)
+  chex.assert_trees_all_close(new_state.params, want, rtol=1e-5, atol=1e-7)
   assert int(new_state.step) == 1
   assert names == ["Conv_0", "BatchNorm_0", "Conv_1", "BatchNorm_1", "Dense_0"]
   np.testing.assert_allclose([float(metrics["layer_grad_norm"][n]) for n in names],
