@@ -37,7 +37,7 @@ and, by default, the trainer's ``cpu_convolutions="onednn"``: the hand ops' conv
 oneDNN where it is built (one device), the stride-1 3x3 ones as Winograd F(2x2, 3x3), XLA's
 own in Eigen; ``--cpu_convolutions=onednn,onednn_direct,onednn_winograd4,eigen,xla_default``
 times each choice in the same run (``onednn_direct``: oneDNN's direct algorithm for every
-layer, the default before the ninth session; ``onednn_winograd4``: F(4x4, 3x3) where the
+layer, the default before dd424a6 (2026-11-25); ``onednn_winograd4``: F(4x4, 3x3) where the
 sizes are multiples of 4; ``eigen``: every convolution in XLA's Eigen, the default before the
 seventh; ``xla_default``: XLA's own choice, YNNPACK above 16 channels).
 """
@@ -101,7 +101,7 @@ def _parse(argv):
   parser.add_argument("--matmul", action="store_true", help="measure matmul GFLOP/s too")
   parser.add_argument("--matmul_size", type=int, default=4096,
                       help="side of the --matmul product (4096: the machine's large-matmul "
-                           "rate; 1024 was used before the fifth session and is ~25%% lower "
+                           "rate; 1024 was used before 453653c (2026-11-24) and is ~25%% lower "
                            "in JAX)")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)

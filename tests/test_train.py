@@ -393,7 +393,7 @@ def _conv_program(options):
 def test_cpu_convolutions_eigen_keeps_convolutions_out_of_ynnpack():
   """The trainer's default compiler options make XLA's CPU backend run a convolution itself
   (Eigen) instead of in a YNNPACK fusion, which XLA's own default picks above 16 channels
-  (docs/benchmarks.md, "Convolutions in Eigen, not YNNPACK")."""
+  (docs/benchmarks-history.md, "Convolutions in Eigen, not YNNPACK")."""
   assert jax.default_backend() == "cpu"
   default_text = _conv_program(steps_lib.compiler_options("xla_default"))
   eigen_text = _conv_program(steps_lib.compiler_options("eigen"))

@@ -134,7 +134,7 @@ def slow_scanned_autodiff(config: ml_collections.ConfigDict, param_names) -> boo
 
   JAX transposes a convolution into weight-gradient convolutions in a non-canonical layout;
   XLA's CPU backend rewrites those into its fast (Eigen) form only at a program's top level,
-  not inside loop bodies, so there they run ~20x slower (docs/benchmarks.md,
+  not inside loop bodies, so there they run ~20x slower (docs/benchmarks-history.md,
   "Compile time against depth, and scanned blocks"). The hand VJPs (``cnn_jax.ops.hand``)
   emit the canonical form and do not suffer.
   """

@@ -90,7 +90,7 @@ class MetricsWriter:
     truncate_after(self.grad_norms_path, start_step)
     tensorboardx = _import_tensorboardx()
     if tensorboardx is not None:
-      # TensorBoard hides earlier sessions' events at steps >= purge_step; rows at start_step
+      # TensorBoard hides the events of the run's earlier starts at steps >= purge_step; rows at start_step
       # itself were written before the checkpoint and stay.
       self._tb = tensorboardx.SummaryWriter(
           logdir=workdir, purge_step=start_step + 1 if start_step else None, flush_secs=30)

@@ -53,15 +53,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 # convolution with more than 16 channels to YNNPACK; on the 2-core CPU those ran on one core,
 # 2x slower than Eigen's multi-threaded ones (ResNet 3x3 layers: 16x16 32->32 21.5 vs 10.0 ms,
 # 8x8 64->64 18.8 vs 9.3 ms; weight-gradient convs 3x faster), and the ResNet-20 train step
-# was 1.2x (hand) to 1.6x (autodiff) faster with Eigen (docs/benchmarks.md, "Convolutions in
+# was 1.2x (hand) to 1.6x (autodiff) faster with Eigen (docs/benchmarks-history.md, "Convolutions in
 # Eigen, not YNNPACK"). "eigen" keeps YNNPACK for dots only; "xla_default" leaves XLA's choice.
 # "onednn" (the default) also runs the hand-written ops' float32 1-D/2-D ungrouped convolutions,
 # forward and backward, on oneDNN through XLA's FFI where it is built (cnn_jax.ops.onednn:
-# ResNet-20 train step 1.45x faster, docs/benchmarks.md, "oneDNN convolutions through XLA's
+# ResNet-20 train step 1.45x faster, docs/benchmarks-history.md, "oneDNN convolutions through XLA's
 # FFI"), with Eigen for every other convolution; on one device only (the FFI call is not
 # partitioned over a mesh), and with it the stride-1 3x3 layers (the CIFAR ResNets' stages)
 # as Winograd F(2x2, 3x3) (cnn_jax/ops/winograd_f2x3.h: ResNet-20 step 1.3x faster again,
-# docs/benchmarks.md, ninth session). "onednn_direct" is "onednn" without Winograd: oneDNN's
+# docs/benchmarks-history.md, 2026-11-25, dd424a6). "onednn_direct" is "onednn" without Winograd: oneDNN's
 # direct algorithm for every layer. "onednn_winograd4" takes F(4x4, 3x3) where the sizes are
 # multiples of 4 (cnn_jax/ops/winograd_f4x3.h: its products 1.5x faster again, its float32
 # rounding 10-20x larger, ~1e-5 of the largest entry), F(2x2, 3x3) elsewhere.

@@ -10,7 +10,7 @@ autodiff of the reference runs them as XLA's reductions. Where the FFI library r
 (float32, channels a multiple of 8: ``cnn_jax.ops.onednn.sums_apply``) the sums are its
 one-pass kernels instead (``onednn.channel_moments`` / ``channel_grad_sums``): the matmul
 needs each product it sums written to memory first, the kernels read their inputs once
-(ResNet-56 step 1.19x -> 1.35x torch, docs/benchmarks.md, tenth session).
+(ResNet-56 step 1.19x -> 1.35x torch, docs/benchmarks.md, 2026-11-25, b6cf5dc).
 
 Derivation, per channel, with ``M`` entries ``x_i``, ``μ = Σx/M``, ``σ² = Σ(x-μ)²/M``,
 ``r = 1/sqrt(σ² + ε)``, ``x̂ = (x - μ) r``, ``y = x̂ γ + β``, cotangents ``g = dL/dy`` and
