@@ -128,6 +128,7 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self._bar is not None:
+      self._bar.refresh()  # the final step and loss, then the bar is cleared (leave=False)
       self._bar.close()
     if self._tb is not None:
       self._tb.close()
