@@ -14,6 +14,11 @@ grid; each run gets WORKDIR/<field=value,...>/ and the sweep gets WORKDIR/result
 results.md. Finished runs (summary.json present) are skipped, so a sweep started again only
 runs what is left. --dry_run prints one command per run instead of running.
 
+Quiet by default: a study prints one line per run and its results table; logs show warnings
+only. --verbosity=0 (absl's INFO level; or -v 0) brings back the log: every evaluation, the
+devices, each model's parameter count. Each run's per-layer table is in its model_summary.txt
+(and `--experiment=summary` prints it).
+
 Command-line mistakes print one line and exit with code 2 before anything is written; so does
 a workdir holding a run of another config (the line names the fields; --overwrite replaces it)
 or one in use by another process. A run that diverges (NaN/inf) or fails exits 1 with one
@@ -132,8 +137,15 @@ class _QuietCheckpointLogs(python_logging.Filter):
     return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def quiet_unless_asked() -> None:
+  """Warnings only, unless the user set absl's ``--verbosity`` (``-v``) themselves."""
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def main(argv):
   logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
+  quiet_unless_asked()
   if len(argv) > 1:
     fail(f"unexpected arguments {' '.join(argv[1:])!r}: every option is a --flag=value.")
   try:

@@ -9,7 +9,7 @@ and a train step (forward, backward, SGD with momentum, BatchNorm in training mo
 trainer's other XLA options, ``steps.compiler_options``), times each compile, then runs the
 steps ``--repeats`` times each, interleaved, and reports the median step time and whether the
 two levels gave the same bits (init state; the step's new parameters and loss). One process,
-so the ratios are same-run figures. See docs/benchmarks.md, "Compiling at LLVM level 2".
+so the ratios are same-run figures. See docs/benchmarks-history.md, "Compiling at LLVM level 2".
 """
 
 from __future__ import annotations

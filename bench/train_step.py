@@ -107,7 +107,7 @@ def _parse(argv):
   parser.add_argument("--matmul", action="store_true", help="measure matmul GFLOP/s too")
   parser.add_argument("--matmul_size", type=int, default=4096,
                       help="side of the --matmul product (4096: the machine's large-matmul "
-                           "rate; 1024 was used before the fifth session and is ~25%% lower "
+                           "rate; 1024 was used before 453653c (2026-11-24) and is ~25%% lower "
                            "in JAX)")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)

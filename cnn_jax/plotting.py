@@ -18,7 +18,9 @@ import numpy as np
 from cnn_jax import atomic
 
 
-def _figure(width: float = 5.0, height: float = 4.0):
+def new_figure(width: float = 5.0, height: float = 4.0):
+  """A ``matplotlib.figure.Figure`` of ``width`` × ``height`` inches on its own Agg canvas: it
+  shares no state with any other figure, so figures may be drawn on several threads at once."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(width, height))
@@ -68,7 +70,7 @@ def heatmap(field_map, path: str, *, title: str = "", box=None, log: bool = Fals
       analytic field, drawn as a dashed rectangle.
     log: colour by log10 (effective fields span orders of magnitude).
   """
-  fig = _figure()
+  fig = new_figure()
   ax = fig.add_subplot(1, 1, 1)
   shown = _draw_heatmap(ax, field_map, title=title, box=box, log=log)
   fig.colorbar(shown, ax=ax, label="log10" if log else None)
@@ -82,7 +84,7 @@ def heatmap_grid(maps: Mapping[str, Any], path: str, *, boxes: Optional[Mapping[
     raise ValueError("maps is empty: give at least one {title: map}.")
   columns = min(columns, len(maps))
   rows = math.ceil(len(maps) / columns)
-  fig = _figure(3.0 * columns, 3.0 * rows)
+  fig = new_figure(3.0 * columns, 3.0 * rows)
   for i, (title, field_map) in enumerate(maps.items()):
     ax = fig.add_subplot(rows, columns, i + 1)
     _draw_heatmap(ax, field_map, title=title, box=(boxes or {}).get(title), log=log)
@@ -103,7 +105,7 @@ def line_plot(curves: Mapping[str, tuple], path: str, *, xlabel: str = "", ylabe
   """
   if not curves:
     raise ValueError("curves is empty: give at least one {label: (x, y)}.")
-  fig = _figure(6.0, 4.0)
+  fig = new_figure(6.0, 4.0)
   ax = fig.add_subplot(1, 1, 1)
   all_x = set()
   for label, curve in curves.items():

@@ -24,7 +24,7 @@ import os
 import socket
 import subprocess
 import threading
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 # Fields that steer how a run is carried out or shown, not what it computes; they may differ
 # between a run and its rerun. num_classes is set by the trainer from the data (which the
@@ -77,8 +77,13 @@ def read_config(workdir: str) -> dict | None:
   return saved if isinstance(saved, dict) else None
 
 
-def check_same_config(workdir: str, config: Mapping[str, Any], *, what: str = "run") -> None:
+def check_same_config(workdir: str, config: Mapping[str, Any], *, what: str = "run",
+                      resolve: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+                      ) -> None:
   """Raises ``RunDirError`` if ``workdir`` records a config that differs from ``config``.
+
+  ``resolve`` (e.g. ``cnn_jax.models.resolved``) is applied to both configs first, so that a
+  field left to the model's own default compares equal to the value recorded for it.
 
   Raises:
     RunDirError: one line naming the differing fields (both values) and the ways on.
@@ -86,6 +91,8 @@ def check_same_config(workdir: str, config: Mapping[str, Any], *, what: str = "r
   saved = read_config(workdir)
   if saved is None:
     return
+  if resolve is not None:
+    saved, config = resolve(saved), resolve(config)
   fields = differing_fields(saved, config)
   if not fields:
     return

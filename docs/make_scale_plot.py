@@ -18,14 +18,11 @@ import os
 import sys
 
 import flax.linen as nn
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from cnn_jax import atomic, layers  # pylint: disable=wrong-import-position
 from cnn_jax.analysis import counting  # pylint: disable=wrong-import-position
+from cnn_jax.plotting import new_figure  # pylint: disable=wrong-import-position
 
 SIZES = (8, 16, 32, 64, 128, 224)
 
@@ -76,7 +73,8 @@ def main() -> None:
     row = counts[n]
     print(f"| {n}×{n}×3 | " + " | ".join(f"{row[name][0]:,}" for name in names)
           + f" | {row['locally connected 3×3'][1]:,} | {row['shared conv 3×3'][1]:,} |")
-  fig, ax = plt.subplots(figsize=(6, 4.2))
+  fig = new_figure(6, 4.2)
+  ax = fig.subplots()
   for name, marker in zip(names, "osd^"):
     ax.loglog([n * n for n in SIZES], [counts[n][name][0] for n in SIZES], marker=marker,
               label=name)

@@ -3,6 +3,10 @@
 Every figure says what it compares in its title, labels its axes with units and has a legend;
 it is saved as PNG through ``cnn_jax.atomic.save_figure``. Because they only read run files,
 any figure can be redrawn from finished runs (``launch.py --experiment=plot``).
+
+Figures are built with matplotlib's object API (``cnn_jax.plotting.new_figure``: a ``Figure``
+on its own Agg canvas), never pyplot's process-global state, so studies training on threads
+can draw at the same time without drawing into each other's figures.
 """
 
 from __future__ import annotations
@@ -10,12 +14,10 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from cnn_jax import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cnn_jax import atomic
+from cnn_jax.plotting import new_figure
 
 TRAIN_ACCURACY = "train_accuracy"
 EVAL_ACCURACY = "eval_accuracy"
@@ -31,15 +33,14 @@ def series(metrics: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _save(fig, path):
   atomic.save_figure(fig, path, dpi=120)
-  plt.close(fig)
 
 
 def error_curves_by_family(runs, path: str) -> None:
   """He et al. Fig. 6: train (dashed) and test (solid) error against iterations per family."""
   families = sorted({r.config.model for r in runs})
-  fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.4), sharey=True,
-                           squeeze=False)
-  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  fig = new_figure(5.5 * len(families), 4.4)
+  axes = fig.subplots(1, len(families), sharey=True, squeeze=False)
+  colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
   for ax, family in zip(axes[0], families):
     members = sorted((r for r in runs if r.config.model == family), key=lambda r: r.config.depth)
     for i, r in enumerate(members):
@@ -67,7 +68,8 @@ def _weight_layers(norms: dict) -> list[float]:
 
 def gradient_norms_by_layer(runs, path: str) -> None:
   """Per-layer gradient L2 norm at the first and a middle logged step, log scale."""
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  fig = new_figure(11, 4.2)
+  axes = fig.subplots(1, 2, sharey=True)
   for r in runs:
     logged = [row for row in r.grad_norms if row.get(GRAD_NORMS)]
     if not logged:
@@ -89,7 +91,8 @@ def lines(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[float]
           xlabel: str, ylabel: str, title: str, logx: bool = False, logy: bool = False,
           markers: bool = True, shade_x: tuple[float, float] | None = None) -> None:
   """One line per entry of ``curves`` (label → (x, y)); ``shade_x`` greys an x range."""
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  fig = new_figure(6.5, 4.2)
+  ax = fig.subplots()
   if shade_x is not None:
     ax.axvspan(shade_x[0], shade_x[1], color="0.9", label="training range")
   for label, (x, y) in curves.items():
@@ -108,7 +111,8 @@ def lines(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[float]
 
 def bars(path: str, labels: Sequence[str], values: Sequence[float], *, ylabel: str,
          title: str) -> None:
-  fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels)), 4))
+  fig = new_figure(max(4, 1.2 * len(labels)), 4)
+  ax = fig.subplots()
   ax.bar(range(len(labels)), values, color="tab:blue")
   ax.set_xticks(range(len(labels)))
   ax.set_xticklabels(labels, rotation=20, ha="right")
@@ -127,8 +131,8 @@ def image_grid(path: str, images: np.ndarray, *, title: str, columns: int = 8,
   shape = (-1,) + (1,) * (images.ndim - 1)
   images = (images - lo.reshape(shape)) / np.maximum(hi - lo, 1e-12).reshape(shape)
   rows = int(np.ceil(len(images) / columns))
-  fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.1 + 0.5),
-                           squeeze=False)
+  fig = new_figure(columns * 1.1, rows * 1.1 + 0.5)
+  axes = fig.subplots(rows, columns, squeeze=False)
   for ax in axes.flat:
     ax.axis("off")
   for ax, image in zip(axes.flat, images):
@@ -139,7 +143,8 @@ def image_grid(path: str, images: np.ndarray, *, title: str, columns: int = 8,
 
 def run_curves(metrics: Sequence[dict], path: str, title: str) -> None:
   """One run's loss and accuracy against steps (what ``--experiment=plot`` draws)."""
-  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  fig = new_figure(11, 4)
+  ax_loss, ax_acc = fig.subplots(1, 2)
   for key, ax in (("train_loss", ax_loss), ("eval_loss", ax_loss),
                   (TRAIN_ACCURACY, ax_acc), (EVAL_ACCURACY, ax_acc)):
     steps, values = series(metrics, key)

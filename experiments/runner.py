@@ -90,7 +90,12 @@ def default_config_path(name: str) -> str:
 
 
 def parse_value(field: str, text: str, current: Any) -> Any:
-  """Parses ``text`` as the type of the config field's current value."""
+  """Parses ``text`` as the type of the config field's current value (for a model field left
+  ``None``, the type of the models' own defaults)."""
+  if current is None:
+    from cnn_jax import models  # pylint: disable=g-import-not-at-top
+    kind = models.field_type(field)
+    current = kind() if kind is not None else None
   try:
     if isinstance(current, bool):
       lowered = text.lower()
@@ -230,7 +235,8 @@ def check_identity(name: str, config: ml_collections.ConfigDict, workdir: str) -
     raise rundir.RunDirError(f"{workdir} holds a run of --experiment={other}, not {name}; "
                              "--overwrite replaces it, or give another --workdir.")
   if not getattr(module, "RECOMPUTES", False):
-    rundir.check_same_config(workdir, config.to_dict())
+    from cnn_jax import models  # pylint: disable=g-import-not-at-top
+    rundir.check_same_config(workdir, config.to_dict(), resolve=models.resolved)
 
 
 def run_one(name: str, config: ml_collections.ConfigDict, workdir: str, *,

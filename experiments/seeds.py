@@ -72,8 +72,10 @@ def check_sweep(runs, root: str) -> None:
     path = os.path.join(run_dir, "config.json")
     if not (os.path.exists(os.path.join(run_dir, "summary.json")) and os.path.exists(path)):
       continue
+    from cnn_jax import models  # pylint: disable=g-import-not-at-top
     with open(path, encoding="utf-8") as f:
-      differences = _differences(json.load(f), run.config.to_dict())
+      differences = _differences(models.resolved(json.load(f)),
+                                 models.resolved(run.config.to_dict()))
     if differences:
       raise ValueError(f"--sweep=seed: {run_dir} is a finished run of another config "
                        f"({'; '.join(differences[:3])}); a seed sweep averages runs of one "

@@ -95,23 +95,37 @@ def train_runs(named_configs: Sequence[tuple[str, ml_collections.ConfigDict]], w
   from cnn_jax import train  # pylint: disable=g-import-not-at-top
   check_runs(named_configs, dataset)
 
-  def train_one(named: tuple[str, ml_collections.ConfigDict]) -> Run:
-    name, config = named
-    run_dir = os.path.join(workdir, name)
-    if runner.is_finished(run_dir):
-      rundir.check_same_config(run_dir, config.to_dict())
-      log(f"[skip] {name}: already finished")
-      summary = runner.read_summary(run_dir)
-    else:
-      log(f"[run ] {name}")
-      summary = train.train_and_evaluate(config, run_dir, dataset=dataset)
-    return Run(name, config, run_dir, summary, read_metrics(run_dir),
-               read_metrics(run_dir, "grad_norms.jsonl"))
-
   configs = [config for _, config in named_configs]
   single_process = all(c.get("num_processes", 1) == 1 for c in configs)
   parallel = max(c.get("parallel_runs", 1) for c in configs) if single_process else 1
+  total = len(named_configs)
+  done = []  # names, in the order the runs end (list.append is atomic across threads)
+  log(f"{total} run(s) into {workdir}, {min(parallel, total)} at a time; one line as each ends")
+
+  def train_one(named: tuple[str, ml_collections.ConfigDict]) -> Run:
+    name, config = named
+    run_dir = os.path.join(workdir, name)
+    finished = runner.is_finished(run_dir)
+    if finished:
+      from cnn_jax import models  # pylint: disable=g-import-not-at-top
+      rundir.check_same_config(run_dir, config.to_dict(), resolve=models.resolved)
+      summary = runner.read_summary(run_dir)
+    else:
+      summary = train.train_and_evaluate(config, run_dir, dataset=dataset)
+    done.append(name)
+    log(f"[{len(done)}/{total}] {run_line(name, summary, finished)}")
+    return Run(name, config, run_dir, summary, read_metrics(run_dir),
+               read_metrics(run_dir, "grad_norms.jsonl"))
+
   return runner.map_in_threads(train_one, list(named_configs), parallel)
+
+
+def run_line(name: str, summary: dict, skipped: bool = False) -> str:
+  """One line for a finished run: its final errors and time (or that it was done before)."""
+  errors = (f"train error {100 * (1 - summary['train_accuracy']):.1f}%, test error "
+            f"{100 * (1 - summary['test_accuracy']):.1f}%")
+  when = "finished before, skipped" if skipped else f"{summary['wall_time_s']:.0f} s"
+  return f"{name}: {errors} ({when})"
 
 
 def parse_variants(text: str, config: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
@@ -175,6 +189,7 @@ def compare_variants(config: ml_collections.ConfigDict, workdir: str, *, title: 
   The table has the variant, parameters, MACs, FLOPs, receptive field, images/s (from the
   run's summary) and final train/test error; the plot shows test error per variant.
   """
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
   from experiments import figures  # pylint: disable=g-import-not-at-top
   named = [(name, variant(config, **overrides))
            for name, overrides in parse_variants(config.variants, config)]
@@ -184,7 +199,7 @@ def compare_variants(config: ml_collections.ConfigDict, workdir: str, *, title: 
   rows = []
   for r in runs:
     row = {"variant": r.name}
-    row.update({c: r.config[c] for c in extra_columns})
+    row.update({c: models.with_defaults(r.config)[c] for c in extra_columns})
     row.update(model_cost(variant(r.config, num_classes=dataset.num_classes), shape))
     row.update({
         "images_per_s": r.images_per_sec,

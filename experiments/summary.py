@@ -40,6 +40,7 @@ def run(config, workdir: str) -> dict:
   Raises:
     ValueError: for a bad config field, before anything is traced or written.
   """
+  config = models.with_defaults(config)
   model = models.build(config)
   shape = input_shape(config)
   summary = counting.summarize(model, shape)

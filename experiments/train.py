@@ -9,12 +9,15 @@ at the end, summary.json into the workdir (see docs/training.md).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ml_collections
 
 from cnn_jax.train import preflight
 from cnn_jax.train import train_and_evaluate
+from experiments import runner
+from experiments import study
 
 
 # A sweep may train its runs on threads of one process (launch.py --parallel_with): nothing
@@ -23,8 +26,11 @@ RUNS_IN_THREADS = True
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """``cnn_jax.train.train_and_evaluate(config, workdir)``: the run's summary."""
-  return train_and_evaluate(config, workdir)
+  """``cnn_jax.train.train_and_evaluate(config, workdir)``: the run's summary, also printed
+  in one line."""
+  summary = train_and_evaluate(config, workdir)
+  runner.print_line(study.run_line(os.path.basename(os.path.abspath(workdir)), summary))
+  return summary
 
 
 def check(config: ml_collections.ConfigDict) -> None:

@@ -172,8 +172,9 @@ def test_hand_layer_in_bfloat16_keeps_float32_statistics_and_rounds_only_at_the_
 
 
 _SHARDED_SCRIPT = r"""
-import json, os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import json, sys
+import chex
+chex.set_n_cpu_devices(4)  # fake CPU devices: before JAX's backend starts
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 jax.config.update("jax_enable_x64", True)
@@ -201,7 +202,7 @@ print(json.dumps({"devices": len(jax.devices()), "all_reduce": "all-reduce" in h
 def test_hand_batch_norm_on_a_batch_sharded_over_four_devices_matches_one_device(rng):
   # The trainer shards the batch over every device; the channel sums, matmuls over rows of
   # the merged (batch, positions) axis, must then become per-device sums and an all-reduce.
-  # In another process: fake CPU devices only exist if XLA_FLAGS is set before jax starts.
+  # In another process: fake CPU devices only exist if set before JAX's backend starts.
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top

@@ -292,7 +292,7 @@ def test_hand_backward_convs_stay_canonical_inside_a_scan(rng, stride):
 def test_average_pools_and_their_hand_gradients_run_no_convolution(rng, pool):
   # An average pool is a depthwise correlation (one group per channel), which XLA's CPU
   # backend runs ~30x slower than the elementwise passes that make the same sums
-  # (docs/benchmarks.md, "Pools without grouped convolutions"). Forward and hand backward are
+  # (docs/benchmarks-history.md, "Pools without grouped convolutions"). Forward and hand backward are
   # written without a convolution; checked in the compiled gradient (w.r.t. x and weights).
   x = jnp.asarray(rng.standard_normal((2, 9, 9, 4)), jnp.float32)
   window = ops.gaussian_window((3, 3), 0.8)
@@ -315,7 +315,7 @@ def test_average_pools_and_their_hand_gradients_run_no_convolution(rng, pool):
 def test_overlapping_window_pools_hand_gradients_build_no_patch_array(rng, pool, stride):
   # With overlapping windows, the patch array (N, *out, *window, C) holds each entry up to
   # k^D times; the hand forward and backward work on the taps' strided slices instead
-  # (docs/benchmarks.md, "Pools without grouped convolutions"). Checked in the compiled
+  # (docs/benchmarks-history.md, "Pools without grouped convolutions"). Checked in the compiled
   # gradient: no array, fused intermediates included, is bigger than the padded input.
   x = jnp.asarray(rng.standard_normal((2, 9, 9, 4)), jnp.float32)
   grads = jax.jit(jax.grad(lambda x: jnp.sum(getattr(hand, pool)(x, 3, stride=stride,

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -181,8 +182,7 @@ def test_train_step_is_one_sgd_step_on_the_batch_loss(rng, trainer_options):
   assert step._cache_size() == 1  # pylint: disable=protected-access
   # float32 forward/backward of the same graph: 1e-5 relative.
   np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-               new_state.params, want)
+  chex.assert_trees_all_close(new_state.params, want, rtol=1e-5, atol=1e-7)
   assert int(new_state.step) == 1
   assert names == ["Conv_0", "BatchNorm_0", "Conv_1", "BatchNorm_1", "Dense_0"]
   np.testing.assert_allclose([float(metrics["layer_grad_norm"][n]) for n in names],
@@ -395,7 +395,7 @@ def _conv_program(options):
 def test_compiler_options_keep_convolutions_out_of_ynnpack():
   """The trainer's default compiler options make XLA's CPU backend run a convolution itself
   (Eigen) instead of in a YNNPACK fusion, which XLA's own default picks above 16 channels
-  (docs/benchmarks.md, "Convolutions in Eigen, not YNNPACK")."""
+  (docs/benchmarks-history.md, "Convolutions in Eigen, not YNNPACK")."""
   assert jax.default_backend() == "cpu"
   default_text = _conv_program(steps_lib.compiler_options(ynnpack_convolutions=True))
   eigen_text = _conv_program(steps_lib.compiler_options())

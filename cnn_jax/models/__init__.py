@@ -14,6 +14,12 @@ float32 logits ``(N, config.num_classes)``. BatchNorm statistics live in ``batch
 ``resnext``    ResNeXt of Xie et al. 2017, cardinality × width, depth 9n+2
 =============  =====================================================================
 
+Each model has defaults of its own for the fields whose sensible value depends on the model
+(``depth``, ``width``, ``stride``, ``downsample``, ``cardinality``): in the default config these
+fields are ``None``, meaning "the model's own", and ``with_defaults`` fills them from
+``DEFAULTS`` (defined next to each model as ``CONFIG_DEFAULTS``); a value the user sets wins and
+is checked as any other. The trainer saves the filled-in values in ``config.json``.
+
 Bad configs raise one-line ``ValueError``s naming the field, here or when the model first sees
 its input shape, before anything is traced.
 
@@ -23,9 +29,11 @@ gives the result to every layer as a module field: the kernels a model runs are 
 
 from __future__ import annotations
 
-from typing import Callable
+import copy
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+import ml_collections
 
 from cnn_jax import native
 from cnn_jax.models import bottleneck, local, mlp, resnet, resnext, simple_cnn
@@ -39,6 +47,50 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "bottleneck": bottleneck.from_config,
     "resnext": resnext.from_config,
 }
+
+# name → {config field: the model's own value}, applied where the config leaves a field None.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": mlp.CONFIG_DEFAULTS,
+    "local": simple_cnn.CONFIG_DEFAULTS,
+    "simple_cnn": simple_cnn.CONFIG_DEFAULTS,
+    "plain": resnet.CONFIG_DEFAULTS,
+    "resnet": resnet.CONFIG_DEFAULTS,
+    "bottleneck": bottleneck.CONFIG_DEFAULTS,
+    "resnext": resnext.CONFIG_DEFAULTS,
+}
+
+
+def field_type(field: str) -> type | None:
+  """The type of a per-model field (``int`` for ``depth``), or None if no model has it."""
+  for defaults in DEFAULTS.values():
+    if field in defaults:
+      return type(defaults[field])
+  return None
+
+
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose ``None`` model fields hold ``config.model``'s own defaults.
+
+  Fields the user set are kept as they are (and checked when the model is built); fields the
+  model does not read stay ``None``. An unknown model is returned unchanged (``build`` names
+  the allowed ones).
+  """
+  config = copy.deepcopy(config)
+  for field, value in DEFAULTS.get(config.get("model"), {}).items():
+    if config.get(field) is None:
+      with config.unlocked():
+        config[field] = value
+  return config
+
+
+def resolved(config: Mapping[str, Any]) -> dict[str, Any]:
+  """``with_defaults`` for a plain mapping (a recorded ``config.json``): a dict whose ``None``
+  model fields hold ``config["model"]``'s own defaults."""
+  out = dict(config)
+  for field, value in DEFAULTS.get(out.get("model"), {}).items():
+    if out.get(field) is None:
+      out[field] = value
+  return out
 
 
 def build(config, *, num_devices: int | None = None) -> nn.Module:
@@ -60,6 +112,6 @@ def build(config, *, num_devices: int | None = None) -> nn.Module:
   if "num_classes" not in config:
     raise ValueError("num_classes is missing from the config: set config.num_classes (the "
                      "trainer sets it from the dataset).")
-  model = MODELS[name](config)
+  model = MODELS[name](with_defaults(config))
   kernels = native.from_config(config, num_devices)
   return model.clone(kernels=kernels) if hasattr(model, "kernels") else model

@@ -37,6 +37,12 @@ BLOCK_FORMS = ("grouped", "split")
 REDUCES = ("conv", "depth_avg", "fixed_random")
 
 
+# The config fields this model reads whose default is its own (cnn_jax.models.with_defaults):
+# three bottleneck blocks per stage (depth 9·3+2), 16-wide stem and first stage.
+CONFIG_DEFAULTS = {"depth": 29, "width": 16, "stride": 2, "downsample": "conv",
+                   "cardinality": 1}
+
+
 class BottleneckBlock(nn.Module):
   """1×1 (inner) → 3×3 grouped (inner, stride) → 1×1 (features), BN after each, + shortcut.
 

@@ -15,6 +15,10 @@ from cnn_jax import layers
 from cnn_jax.models import checks, stages
 
 
+# The config fields this model reads whose default is its own (cnn_jax.models.with_defaults).
+CONFIG_DEFAULTS = {"depth": 2}
+
+
 class MLP(nn.Module):
   """``x: (N, *spatial, C)`` → logits ``(N, num_classes)`` (float32).
 

@@ -20,6 +20,12 @@ from cnn_jax import layers, native
 from cnn_jax.models import checks, stages
 
 
+# The config fields this model reads whose default is its own (cnn_jax.models.with_defaults):
+# ResNet-20 / plain-20 of He et al. (2016, §4.2), 16 first-stage filters.
+CONFIG_DEFAULTS = {"depth": 20, "width": 16, "stride": 2, "downsample": "conv",
+                   "cardinality": 1}
+
+
 class BasicBlock(nn.Module):
   """Two 3×3 convs (BN, ReLU), plus the shortcut when ``residual``.
 

@@ -27,6 +27,12 @@ from cnn_jax.models import checks, stages
 from cnn_jax.models.bottleneck import BottleneckResNet
 
 
+# The config fields this model reads whose default is its own (cnn_jax.models.with_defaults):
+# ResNeXt-29 (Xie et al.'s CIFAR depth) at 8×4d, a size a CPU trains in minutes.
+CONFIG_DEFAULTS = {"depth": 29, "width": 4, "cardinality": 8, "stride": 2,
+                   "downsample": "conv"}
+
+
 class SplitBlock(nn.Module):
   """Split-transform-merge ResNeXt block, form (a): ``groups`` explicit branches, summed.
 

@@ -29,6 +29,11 @@ CONNECTIVITIES = ("shared", "local")
 HEADS = ("flatten", "global_avg", "global_max")
 
 
+# The config fields this model reads whose default is its own (cnn_jax.models.with_defaults):
+# the lesson's two conv-pool blocks, which fit even 8x8 inputs.
+CONFIG_DEFAULTS = {"depth": 2, "width": 16, "stride": 2, "downsample": "pool"}
+
+
 class SimpleCNN(nn.Module):
   """``x: (N, *spatial, C)`` (1-D, 2-D or 3-D) → logits ``(N, num_classes)`` (float32).
 

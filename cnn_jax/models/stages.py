@@ -26,7 +26,7 @@ ModuleDef = Any
 SHORTCUTS = ("A", "B")
 DOWNSAMPLES = ("conv", "pool")
 # Measured with the hand VJPs and oneDNN convolutions (bench.train_step --blocks=scan,unrolled,
-# docs/benchmarks.md, eighth session): ResNet-56 (8 repeated blocks per stage) compiles in 5.8 s
+# docs/benchmarks-history.md, 2026-11-25, a757273): ResNet-56 (8 repeated blocks per stage) compiles in 5.8 s
 # scanned and 10.8 s unrolled, but its unrolled step is ~8% faster (65.2 vs 60.5 images/s):
 # nn.scan stacks the 4 saved activations of each block (dynamic-update-slice, then
 # dynamic-slice in the backward loop). ResNet-110 (17) must scan: unrolled, its compile would be

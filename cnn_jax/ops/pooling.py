@@ -78,7 +78,7 @@ def weighted_avg_pool(x, weights, stride=None, padding="VALID"):
   weights = (weights / jnp.sum(weights)).astype(x.dtype)
   # A depthwise correlation (groups = C) whose kernel is the window weights for every channel,
   # written as the weighted sum of the window's strided slices: XLA fuses that into one pass
-  # over x, where its CPU backend runs a C-group convolution ~30x slower (docs/benchmarks.md,
+  # over x, where its CPU backend runs a C-group convolution ~30x slower (docs/benchmarks-history.md,
   # "Pools without grouped convolutions").
   taps = correlation.window_taps(correlation.pad_input(x, spec), spec)
   offset, tap = next(taps)

@@ -1,6 +1,7 @@
 """``train_and_evaluate``: one training run from a config, resumable, into a workdir.
 
-The run directory holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one row per
+The run directory holds ``config.json`` (the resolved config), ``model_summary.txt`` (the
+per-layer table: shapes, parameters, MACs, receptive field), ``metrics.jsonl`` (one row per
 ``eval_every`` steps), ``grad_norms.jsonl`` (per-layer gradient norms every
 ``log_grad_norms_every`` steps), TensorBoard ``events.*``, ``checkpoints/<step>/`` and, once the
 run is finished, ``summary.json``. A workdir whose ``summary.json`` exists is a finished run:
@@ -61,16 +62,19 @@ MODEL_FIELDS = ("model", "depth", "width", "cardinality", "shortcut", "stride", 
 
 # Files of a previous run that a fresh start (overwrite, or resume=False) removes. Nothing else
 # in the workdir is touched.
-_RUN_FILES = ("summary.json", "config.json", metrics_lib.METRICS_FILE,
+_RUN_FILES = ("summary.json", "config.json", "model_summary.txt", metrics_lib.METRICS_FILE,
               metrics_lib.GRAD_NORMS_FILE)
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
+MODEL_SUMMARY_FILE = "model_summary.txt"
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with references resolved and the loop's new fields defaulted."""
-  config = config.copy_and_resolve_references()
+  """A copy of ``config`` with references resolved, the model fields left ``None`` set to the
+  model's own defaults (``cnn_jax.models.with_defaults``) and the loop's new fields defaulted."""
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  config = models.with_defaults(config).copy_and_resolve_references()
   with config.unlocked():
     for name, value in LOOP_DEFAULTS.items():
       if name not in config:
@@ -143,7 +147,7 @@ def slow_scanned_autodiff(config: ml_collections.ConfigDict, param_names) -> boo
 
   JAX transposes a convolution into weight-gradient convolutions in a non-canonical layout;
   XLA's CPU backend rewrites those into its fast (Eigen) form only at a program's top level,
-  not inside loop bodies, so there they run ~20x slower (docs/benchmarks.md,
+  not inside loop bodies, so there they run ~20x slower (docs/benchmarks-history.md,
   "Compile time against depth, and scanned blocks"). The hand VJPs (``cnn_jax.ops.hand``)
   emit the canonical form and do not suffer.
   """
@@ -159,20 +163,18 @@ def _data_functions(batch_indices, prepare_batch):
   return batch_indices, prepare_batch
 
 
-def _log_model_summary(model, input_shape) -> None:
-  """Logs the per-layer table of cnn_jax.analysis.counting (parameters, MACs, FLOPs)."""
+def _write_model_summary(model, input_shape, workdir: str) -> None:
+  """Writes the per-layer table of cnn_jax.analysis.counting (output shapes, parameters, MACs,
+  receptive field) to ``workdir/model_summary.txt``; the log gets it at DEBUG level only."""
   try:
     from cnn_jax.analysis import counting  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    logging.info("model summary: cnn_jax.analysis.counting is not available")
-    return
-  try:
-    summary = counting.summarize(model, (1, *input_shape))
-    text = counting.format_table(summary) if hasattr(counting, "format_table") else summary
-    logging.info("model summary:\n%s", text)
+    text = counting.format_table(counting.summarize(model, (1, *input_shape)))
   except Exception as e:  # pylint: disable=broad-except
     # The summary is informational; a model the counter does not know must not stop training.
     logging.warning("model summary failed: %s: %s", type(e).__name__, e)
+    return
+  atomic.write_text(os.path.join(workdir, MODEL_SUMMARY_FILE), text + "\n")
+  logging.debug("model summary:\n%s", text)
 
 
 def _clear_run(workdir: str) -> None:
@@ -365,11 +367,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
                     "weight-gradient convolutions inside nn.scan ~20x slower; use grad=hand "
                     "or scan_blocks=False (docs/benchmarks.md)")
   if is_chief:
-    _log_model_summary(model, input_shape)
     if fresh:
       _clear_run(workdir)
     os.makedirs(workdir, exist_ok=True)
     atomic.write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+    _write_model_summary(model, input_shape, workdir)
   _sync("cnn_jax.train: workdir ready")
 
   ckpts = checkpoints_lib.Checkpoints(ckpt_dir, config.keep_checkpoints)
@@ -395,7 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
 
   step = int(jax.device_get(state.step))
   writer = metrics_lib.MetricsWriter(workdir, num_steps=config.num_steps, start_step=step,
-                                     enabled=is_chief, progress=config.progress)
+                                     enabled=is_chief, progress=config.progress,
+                                     description=os.path.basename(workdir))
   rows = sharding_lib.process_rows(config.batch_size)
   x_train, y_train = dataset.x_train, np.asarray(dataset.y_train, np.int32)
   x_test, y_test = dataset.x_test, np.asarray(dataset.y_test, np.int32)

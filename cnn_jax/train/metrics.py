@@ -66,7 +66,7 @@ class MetricsWriter:
   """Writes rows to the JSON-lines files and TensorBoard, and drives the progress bar."""
 
   def __init__(self, workdir: str, *, num_steps: int, start_step: int, enabled: bool,
-               progress: bool):
+               progress: bool, description: str = ""):
     """Opens the writers for ``workdir``.
 
     Args:
@@ -76,6 +76,8 @@ class MetricsWriter:
         TensorBoard purges its events after it.
       enabled: False on every process but 0.
       progress: show the tqdm bar (only if stderr is a terminal too).
+      description: the bar's label (the run's name); the bar is cleared when the run ends,
+        which its caller reports in one line.
     """
     self.enabled = enabled
     self.metrics_path = os.path.join(workdir, METRICS_FILE)
@@ -88,14 +90,15 @@ class MetricsWriter:
     truncate_after(self.grad_norms_path, start_step)
     tensorboardx = _import_tensorboardx()
     if tensorboardx is not None:
-      # TensorBoard hides earlier sessions' events at steps >= purge_step; rows at start_step
+      # TensorBoard hides the events of the run's earlier starts at steps >= purge_step; rows at start_step
       # itself were written before the checkpoint and stay.
       self._tb = tensorboardx.SummaryWriter(
           logdir=workdir, purge_step=start_step + 1 if start_step else None, flush_secs=30)
     if progress and sys.stderr.isatty():
       import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm.tqdm(total=num_steps, initial=start_step, file=sys.stderr,
-                            unit="step", dynamic_ncols=True)
+                            unit="step", dynamic_ncols=True, desc=description or None,
+                            leave=False)
 
   def write(self, step: int, row: Mapping[str, float]) -> None:
     """Appends ``{"step": step, **row}`` to metrics.jsonl and each scalar to TensorBoard."""
@@ -125,6 +128,7 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self._bar is not None:
+      self._bar.refresh()  # the final step and loss, then the bar is cleared (leave=False)
       self._bar.close()
     if self._tb is not None:
       self._tb.close()

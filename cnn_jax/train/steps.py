@@ -53,7 +53,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 # 2-D convolution with more than 16 channels to YNNPACK; on the 2-core CPU those ran on one
 # core, 2x slower than Eigen's multi-threaded ones (ResNet 3x3 layers: 16x16 32->32 21.5 vs
 # 10.0 ms, 8x8 64->64 18.8 vs 9.3 ms; weight-gradient convs 3x faster), and the ResNet-20 train
-# step was 1.2x (hand) to 1.6x (autodiff) faster with Eigen (docs/benchmarks.md,
+# step was 1.2x (hand) to 1.6x (autodiff) faster with Eigen (docs/benchmarks-history.md,
 # "Convolutions in Eigen, not YNNPACK"), so the steps keep YNNPACK for dots only. Which layers
 # run the native kernels instead is the model's own field (``cnn_jax.native``).
 def compiler_options(ynnpack_convolutions: bool = False) -> dict[str, str | int]:

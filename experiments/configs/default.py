@@ -7,15 +7,19 @@ Field names are the same in configs, flags, files and result tables.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Model.
   config.model = "resnet"          # mlp | local | simple_cnn | plain | resnet | bottleneck | resnext
-  config.depth = 20                # 6n+2 for plain/resnet, 9n+2 for bottleneck/resnext
-  config.width = 16                # first-stage filters (resnet); bottleneck width (resnext)
-  config.cardinality = 1           # resnext groups
+  # None = the model's own default (cnn_jax.models.DEFAULTS; config.json records the value).
+  config.depth = config_dict.placeholder(int)  # mlp 2 | simple_cnn, local 2 | plain, resnet 20
+                                   # (6n+2) | bottleneck, resnext 29 (9n+2)
+  config.width = config_dict.placeholder(int)  # first-stage filters (16); resnext: bottleneck
+                                   # width per group (4)
+  config.cardinality = config_dict.placeholder(int)  # groups: resnext 8, others 1
   config.stem_width = 64           # resnext stem filters (stage outputs 4x, 8x, 16x; Xie: 64)
   config.shortcut = "A"            # A: identity + zero-padded channels; B: 1x1 projection
   config.zero_init_residual = False
@@ -23,9 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.min_scanned_blocks = 9    # at least this many (ResNet-110 scans, ResNet-56 does not):
                                    # compile time nearly flat in depth, but an unrolled step
                                    # runs ~8% faster (docs/benchmarks.md)
-  config.stride = 2                # stride of each downsampling stage
+  config.stride = config_dict.placeholder(int)  # stride of each downsampling stage (2)
   config.first_stride = 1          # stride of the first conv
-  config.downsample = "conv"       # conv (strided conv) | pool
+  config.downsample = config_dict.placeholder(str)  # conv (strided conv; residual nets) |
+                                   # pool (simple_cnn, local)
   config.pool = "max"              # downsampling pool: max | avg | weighted (a centred
                                    # Gaussian, window 2*stride-1) | l2
   config.head = "flatten"          # simple_cnn/local: flatten | global_avg | global_max

@@ -1,8 +1,8 @@
 // The machine's peak float32 FMA rate: 2 OpenMP threads, each 12 independent AVX2 FMA chains
 // (enough to cover the FMA latency), nothing loaded from memory. A ceiling for any convolution
-// or matmul on the 2-core CI machine (docs/benchmarks.md, eighth session):
+// or matmul on the 2-core CI machine (docs/benchmarks-history.md, 2026-11-25, a757273):
 //
-//   g++ -O3 -mavx2 -mfma -fopenmp cnn_jax/native/bench/fma_peak.cc -o /tmp/fma_peak && /tmp/fma_peak
+//   B=$(mktemp -d); g++ -O3 -mavx2 -mfma -fopenmp cnn_jax/native/bench/fma_peak.cc -o $B/fma_peak && $B/fma_peak
 //
 // (-O3: at -O2 GCC keeps the 12 accumulators in memory and the loop runs at half the rate.)
 #include <immintrin.h>

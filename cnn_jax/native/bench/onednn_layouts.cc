@@ -7,10 +7,10 @@
 // layout oneDNN picks (`any`), and the reorder of an NHWC input into that layout: what a
 // handler would pay to use a blocked implementation. Kernels are
 // `any` throughout, as in cnn_jax/native/csrc/onednn_conv.cc. Build and run from the repository root
-// (docs/benchmarks.md, eighth session):
+// (docs/benchmarks-history.md, 2026-11-25, a757273):
 //
-//   P=.venv; g++ -O2 -std=c++17 cnn_jax/native/bench/onednn_layouts.cc -I$P/include -L$P/lib -ldnnl \
-//       -Wl,-rpath,$P/lib -o /tmp/onednn_layouts && /tmp/onednn_layouts
+//   B=$(mktemp -d); P=.venv; g++ -O2 -std=c++17 cnn_jax/native/bench/onednn_layouts.cc -I$P/include -L$P/lib -ldnnl \
+//       -Wl,-rpath,$P/lib -o $B/onednn_layouts && $B/onednn_layouts
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>

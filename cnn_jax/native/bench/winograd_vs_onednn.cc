@@ -10,11 +10,11 @@
 // 4 only), and prints each one's error: its largest difference from a float64 direct sum over
 // that sum's largest entry. GFLOP/s count the direct algorithm's 2*N*H*W*C*O*9 for all, so
 // Winograd's figures are effective rates. Build and run from the repository root
-// (docs/benchmarks.md, ninth session):
+// (docs/benchmarks-history.md, 2026-11-25, dd424a6):
 //
-//   P=.venv; g++ -O2 -std=c++17 -fopenmp cnn_jax/native/bench/winograd_vs_onednn.cc -Icnn_jax/native/csrc \
-//       -I$P/include -L$P/lib -ldnnl -Wl,-rpath,$P/lib -o /tmp/winograd_vs_onednn && \
-//       /tmp/winograd_vs_onednn [N,C,H ...]
+//   B=$(mktemp -d); P=.venv; g++ -O2 -std=c++17 -fopenmp cnn_jax/native/bench/winograd_vs_onednn.cc -Icnn_jax/native/csrc \
+//       -I$P/include -L$P/lib -ldnnl -Wl,-rpath,$P/lib -o $B/winograd_vs_onednn && \
+//       $B/winograd_vs_onednn [N,C,H ...]
 #include <algorithm>
 #include <chrono>
 #include <cmath>

@@ -11,8 +11,8 @@
 // channel axes swapped. Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
 // CVPR 2016.
 //
-// Called by onednn_conv.cc's handlers where `Applies` holds (docs/benchmarks.md, ninth
-// session, measures it against oneDNN's direct convolutions). The products, the block loops
+// Called by onednn_conv.cc's handlers where `Applies` holds (docs/benchmarks-history.md,
+// 2026-11-25, dd424a6, measures it against oneDNN's direct convolutions). The products, the block loops
 // and the kernel transforms here are generic over the tile (`Correlate<F>`,
 // `WeightGradient<F>`, `TransformKernel<F>` for a tile type F: its size, transforms and block
 // length); winograd_f4x3.h adds F(4x4, 3x3) as a second tile type.

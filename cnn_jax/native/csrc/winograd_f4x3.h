@@ -9,7 +9,7 @@
 // in A, 5 in B, 1/24 in G) cancel large terms, so results are ~1e-5 of the largest entry off
 // (forward 4e-6 to 8e-6, weight gradient up to 3e-5 at 16 channels and batch 128, against a
 // float64 reference), 10-20x F(2x2, 3x3)'s. Hence opt-in: cpu_convolutions="onednn_winograd4"
-// (docs/benchmarks.md, ninth session).
+// (docs/benchmarks-history.md, 2026-11-25, dd424a6).
 #pragma once
 #include "winograd_f2x3.h"
 

@@ -183,7 +183,7 @@ def _swap_channels(w, groups):
 # on the 2-core CPU against the spread-g conv (correlate_input_grad_dilated), batch 128, ms:
 # 3x3 32x32 16->32 stride 2 15.6 vs 9.3, 16x16 32->64 9.9 vs 7.3, 1x1 32x32 64->128 28.1 vs
 # 19.7, 5x5 61.2 vs 24.7; but 3x3 at stride 3 8.4 vs 8.6 and stride 4 5.7 vs 6.6, where most
-# phases hold one tap or none (docs/benchmarks.md, "Strided convolutions' input gradient by
+# phases hold one tap or none (docs/benchmarks-history.md, "Strided convolutions' input gradient by
 # phases").
 POLYPHASE_MAX_STRIDE = 2
 
@@ -286,7 +286,7 @@ def correlate_input_grad_dilated(g, w, spec: correlation.WindowSpec, x_shape, gr
   # XLA's CPU backend runs a convolution with Eigen only in its canonical form (NHWC input,
   # HWIO kernel, NHWC output) and rewrites other forms into it only at the top level of a
   # program, not inside loop bodies such as ``nn.scan``'s, where a relabelled conv runs ~30x
-  # slower (docs/benchmarks.md, "Why autodiff inside `nn.scan` is slow on CPU").
+  # slower (docs/benchmarks-history.md, "Why autodiff inside `nn.scan` is slow on CPU").
   kernel = _swap_channels(correlation.flip_kernel(w), groups)
   dx = _stride1_conv(
       g, kernel, pads, lhs_dilation=spec.stride, rhs_dilation=spec.dilation,
@@ -306,7 +306,7 @@ def resolve_weight_method(method: str, kernel_shape, channels_per_group: int,
   """``"auto"`` → ``"conv"`` or ``"taps"``, the faster on XLA's CPU backend; others unchanged.
 
   Measured on the 2-core CPU with convolutions in Eigen (the trainer's default,
-  ``cnn_jax.train.steps.compiler_options``; docs/benchmarks.md, "Convolutions in Eigen, not
+  ``cnn_jax.train.steps.compiler_options``; docs/benchmarks-history.md, "Convolutions in Eigen, not
   YNNPACK"). Alone, the conv form wins on ungrouped kernels wider than 1x1 (ResNet 3x3
   layers 1.3-2x, the 3-channel stem 6x, 5x5 and 7x7 ~2x); it loses badly on grouped kernels (a
   ``batch_group_count`` conv: 3x3 64->64 in 8 groups 279 ms vs 3 ms by taps) and roughly ties
@@ -368,7 +368,7 @@ def correlate_weight_grad_taps(x, g, spec: correlation.WindowSpec, kernel_shape,
 # the 2-core CPU (8 MiB L3, 512 KiB L2 per core): a grouped 3x3 128->128 in 32 groups, 16x16,
 # batch 64 (10.6 MB padded input) 88 ms whole vs 44 ms in chunks of 2 examples; 4 groups of
 # 64 channels at 32x32, batch 128: 210 vs 114 ms; the ResNet 32x32 16->16 taps 50 -> 28.5 ms
-# in chunks of 8; an 8x8 64->64 layer (3.3 MB) was fastest whole (docs/benchmarks.md,
+# in chunks of 8; an 8x8 64->64 layer (3.3 MB) was fastest whole (docs/benchmarks-history.md,
 # "Weight gradient by taps, in cache-sized chunks").
 TAPS_CHUNK_ABOVE_BYTES = 4 * 2**20
 TAPS_CHUNK_BYTES = 640 * 2**10
@@ -463,7 +463,7 @@ def correlate_weight_grad(x, g, spec: correlation.WindowSpec, kernel_shape, grou
 # ms, grouped vs block-diagonal): 16x16, 8 groups of 4: 53.9 vs 10.5; 4 of 6: 36.9 vs 6.7;
 # 2 of 10: 23.9 vs 8.7; 8x8, 4 of 12: 10.4 vs 5.7; 32 groups of 4: 116 vs 70; but 8 groups
 # of 8 at 8x8: 8.7 vs 9.5, 8 of 16 at 4x4: 3.8 vs 9.3, 4 of 16 at 32x32: 116 vs 154
-# (docs/benchmarks.md, "Grouped convolutions as block-diagonal dense ones").
+# (docs/benchmarks-history.md, "Grouped convolutions as block-diagonal dense ones").
 DENSE_MAX_CHANNELS_PER_GROUP = 4
 DENSE_MAX_GROUPS = 4
 DENSE_FEW_GROUPS_MAX_CHANNELS = 15

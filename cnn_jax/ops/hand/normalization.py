@@ -10,7 +10,7 @@ autodiff of the reference runs them as XLA's reductions. A caller may pass other
 implementations of the two sums (``ChannelSums``): the layers pass the native one-pass kernels
 (``cnn_jax.native.channel_moments`` / ``channel_grad_sums``) where the config runs them; the
 matmul needs each product it sums written to memory first, the kernels read their inputs once
-(ResNet-56 step 1.19x -> 1.35x torch, docs/benchmarks.md).
+(ResNet-56 step 1.19x -> 1.35x torch, docs/benchmarks-history.md, 2026-11-25, b6cf5dc).
 
 Derivation, per channel, with ``M`` entries ``x_i``, ``μ = Σx/M``, ``σ² = Σ(x-μ)²/M``,
 ``r = 1/sqrt(σ² + ε)``, ``x̂ = (x - μ) r``, ``y = x̂ γ + β``, cotangents ``g = dL/dy`` and

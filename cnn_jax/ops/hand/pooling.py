@@ -51,7 +51,7 @@ def _max_pool_bwd(spec, x, g):
   # up to k^D times, so the winner is found by a running comparison over the taps' strided
   # slices instead, where only a strictly larger value takes over (first arg-max again).
   # Backward alone at 128x32x32x16: 2x2/2 patches 4.5 ms vs running 5.4; 3x3/2 33.0 vs 18.4;
-  # 3x3/1 64.7 vs 45.9 (docs/benchmarks.md, "Pools without grouped convolutions").
+  # 3x3/1 64.7 vs 45.9 (docs/benchmarks-history.md, "Pools without grouped convolutions").
   if all(s >= k for s, k in zip(spec.stride, spec.kernel)):
     patches = correlation.extract_patches(x, spec, pad_value=-jnp.inf)  # (N, *out, *K, C)
     flat = patches.reshape(patches.shape[:1 + spec.num_dims] + (-1, x.shape[-1]))
