@@ -319,8 +319,8 @@ def test_resolve_takes_native_only_where_it_can_run_and_says_why_not():
 def test_conv_tile_picks_winograd_by_the_algorithm(rng):
   x, w = _draw_winograd_case(rng, tile=4)  # sizes multiples of 4: both tiles apply
   spec = correlation.window_spec(x.shape, (3, 3), 1, "SAME", 1)
-  tiles = {a: native.conv_tile(native.Kernels(True, a), x, w, spec)
-           for a in native.CONV_ALGORITHMS}
+  fixed = [a for a in native.CONV_ALGORITHMS if not a.startswith("autotune")]  # test_autotune
+  tiles = {a: native.conv_tile(native.Kernels(True, a), x, w, spec) for a in fixed}
   assert tiles == {"auto": 2, "auto_winograd4": 4, "direct": 0, "winograd2": 2, "winograd4": 4}
   assert native.conv_tile(native.XLA, x, w, spec) is None
 
