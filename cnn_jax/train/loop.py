@@ -317,7 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
   summary_path = os.path.join(workdir, SUMMARY_FILE)
   fresh = config.overwrite or not config.resume
   if not fresh:
-    rundir.check_same_config(workdir, config.to_dict())
+    from cnn_jax import models  # pylint: disable=g-import-not-at-top
+    rundir.check_same_config(workdir, config.to_dict(), resolve=models.resolved)
   if os.path.exists(summary_path) and not config.overwrite:
     raise FileExistsError(f"workdir {workdir} holds a finished run ({SUMMARY_FILE} exists); "
                           "set overwrite=True to train it again")
