@@ -156,6 +156,25 @@ def test_overwrite_flag_alone_retrains_a_single_training_run(tmp_path):
   assert json.loads((workdir / "summary.json").read_text())["steps"] == 2
 
 
+
+def test_a_run_left_to_its_models_defaults_is_the_same_config_on_rerun(tmp_path):
+  """The model fields left ``None`` (the model's own defaults) compare by the values they
+  stand for: the rerun is a skip, an explicit default the same run, another value refused."""
+  workdir = tmp_path / "w"
+  tiny = ["--experiment=train", "--config.model=simple_cnn", "--config.dataset=digits",
+          "--config.image_size=8", "--config.num_steps=2", "--config.batch_size=16",
+          "--config.train_size=64", "--config.eval_every=0", "--config.checkpoint_every=0",
+          f"--workdir={workdir}"]
+  first = _launch(*tiny, cwd=tmp_path)
+  assert first.returncode == 0, first.stderr[-2000:]
+  recorded = json.loads((workdir / "config.json").read_text())
+  for args in ([], [f"--config.depth={recorded['depth']}"]):
+    again = _launch(*tiny, *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "another config" not in again.stderr
+  other = _launch(*tiny, f"--config.depth={recorded['depth'] + 1}", cwd=tmp_path)
+  assert other.returncode == 2 and "depth=" in other.stderr, other.stderr[-2000:]
+
 # ------------------------------------------------------------------------ 3. checkpoints
 
 @pytest.fixture(scope="module")
