@@ -351,7 +351,7 @@ def command_for(name: str, config_arg: str, user_overrides: Sequence[str], run: 
 def parallel_with_threads(name: str, parallel_with: str) -> bool:
   """Whether ``--parallel_with`` (auto, threads, processes) runs experiment ``name``'s sweep
   on threads: only experiments whose module sets ``RUNS_IN_THREADS = True`` may (the others
-  draw with pyplot, which is not thread-safe).
+  are not known to be thread-safe: they may hold module-level state).
 
   Raises:
     UsageError: threads asked for an experiment that does not allow them.
@@ -359,7 +359,7 @@ def parallel_with_threads(name: str, parallel_with: str) -> bool:
   allowed = getattr(experiment_module(name), "RUNS_IN_THREADS", False)
   if parallel_with == "threads" and not allowed:
     raise UsageError(f"--parallel_with=threads is not allowed for --experiment={name} (it "
-                     "draws with pyplot, which is not thread-safe): use processes or auto.")
+                     "is not known to be thread-safe): use processes or auto.")
   return allowed and parallel_with != "processes"
 
 

@@ -29,7 +29,7 @@ def _launch(*args, cwd):
     (["--experiment=train", "--config.depth=abc"], ["--config.depth=abc"]),
     (["--experiment=train", "--bogus=1"], ["bogus"]),
     (["--experiment=summary", "--parallel_with=threads"],
-     ["--parallel_with=threads is not allowed for --experiment=summary", "pyplot"]),
+     ["--parallel_with=threads is not allowed for --experiment=summary", "thread-safe"]),
     (["--experiment=train", "--parallel_with=fibres"], ["parallel_with", "threads"]),
     (["--experiment=train", "--config.kernels=mkl"],
      ["kernels='mkl' is not allowed", "auto, xla, native"]),
