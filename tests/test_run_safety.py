@@ -23,6 +23,7 @@ import optax
 import pytest
 
 from cnn_jax import atomic
+from cnn_jax import models
 from cnn_jax import rundir
 from cnn_jax.train import checkpoints as checkpoints_lib
 from cnn_jax.train import optim
@@ -63,6 +64,11 @@ class FakeExperiment:
     return {"score": config.depth * 10 + config.learning_rate}
 
 
+def _config():
+  """The default config with the model's own values filled in (ResNet-20: depth 20)."""
+  return models.with_defaults(default.get_config())
+
+
 @pytest.fixture
 def fake(monkeypatch):
   FakeExperiment.calls, FakeExperiment.seen, FakeExperiment.final_dir = [], [], None
@@ -73,11 +79,11 @@ def fake(monkeypatch):
 # ------------------------------------------------------------------------ 1. run identity
 
 def test_a_finished_run_of_another_config_is_not_reused(tmp_path, fake):
-  config = default.get_config()
+  config = _config()
   workdir = str(tmp_path / "run")
   assert runner.run_one("fake", config, workdir)["score"] == 200.1
   # The same config again (bookkeeping fields aside): read back, not run.
-  again = default.get_config()
+  again = _config()
   again.progress, again.parallel_runs, again.overwrite = False, 7, True
   assert runner.run_one("fake", again, workdir)["score"] == 200.1
   assert len(fake.calls) == 1
@@ -92,7 +98,7 @@ def test_a_finished_run_of_another_config_is_not_reused(tmp_path, fake):
 
 
 def test_every_run_of_a_sweep_is_checked_before_the_first_starts(tmp_path, fake):
-  config = default.get_config()
+  config = _config()
   runs = runner.expand(config, runner.parse_sweeps(["depth=1,2"], config))
   runner.run_sweep("fake", runs, str(tmp_path), progress=lambda _: None)
   config.learning_rate = 0.01
@@ -121,7 +127,7 @@ def test_summary_recomputes_and_another_experiments_run_is_refused(tmp_path):
 # ------------------------------------------------------------------------ 2. --overwrite
 
 def test_overwrite_retrains_and_replaces_the_old_run_only_at_the_end(tmp_path, fake):
-  config = default.get_config()
+  config = _config()
   workdir = str(tmp_path / "run")
   runner.run_one("fake", config, workdir)
   config.learning_rate = 0.5
@@ -239,12 +245,12 @@ def test_a_locked_run_is_refused_naming_the_holder_and_freed_when_it_dies(tmp_pa
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(rundir.RunDirError, match=f"in use by pid {holder.pid} on "):
-      runner.run_one("fake", default.get_config(), workdir)
+      runner.run_one("fake", _config(), workdir)
     assert fake.calls == []
   finally:
     holder.kill()  # SIGKILL: nothing of the holder's runs; the kernel drops its lock
     holder.wait()
-  runner.run_one("fake", default.get_config(), workdir)
+  runner.run_one("fake", _config(), workdir)
   assert len(fake.calls) == 1
 
 

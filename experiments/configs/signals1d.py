@@ -13,6 +13,8 @@ def get_config(variant: str = "full"):
   config.models = "mlp,local,simple_cnn"
   config.train_sizes = "50,100,200,500,1000,5000"
   config.depth = 2                 # mlp: 2 dense layers; local/simple_cnn: 2 conv-pool blocks
+  config.width = 16                # local/simple_cnn filters (their own default, stated: the
+                                   # study's parameter counts are read from it)
   config.downsample = "pool"
   config.head = "global_avg"       # local/simple_cnn: no flatten, so the counts show sharing
   config.num_steps = 300
