@@ -33,14 +33,14 @@ $(NATIVE_STAMP): $(NATIVE_SOURCES) $(STAMP)
 demo: $(STAMP) $(NATIVE_STAMP)
 	$(VENV)/bin/cnn-jax --experiment=depth_study --config=experiments/configs/depth_study.py:demo --workdir=runs/depth_study_demo
 
-# The test suite (CI runs it): everything with the native kernels, then the trainer's tests on
-# the pure path.
+# The test suite (CI runs it): the trainer's tests on the pure path (no native library), then
+# everything with the native kernels.
 test: $(STAMP) $(NATIVE_STAMP)
-	$(PY) -m cnn_jax.native status
-	$(PY) -m pytest -q -n 2 --dist=loadfile tests cnn_jax/native/tests
 	@mkdir -p $(VENV)/empty-cache
 	XDG_CACHE_HOME=$(CURDIR)/$(VENV)/empty-cache $(PY) -m cnn_jax.native status
 	XDG_CACHE_HOME=$(CURDIR)/$(VENV)/empty-cache $(PY) -m pytest -q -n 2 --dist=loadfile $(PURE_PATH_TESTS)
+	$(PY) -m cnn_jax.native status
+	$(PY) -m pytest -q -n 2 --dist=loadfile tests cnn_jax/native/tests
 
 # Slow extras (full gradcheck grid, long resume runs).
 test-full: $(STAMP) $(NATIVE_STAMP)
