@@ -81,17 +81,6 @@ def check(config: ml_collections.ConfigDict) -> None:
   check_data(config, study.load_data(config))
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "this CPU"
-
-
 def seconds_per_step(config: ml_collections.ConfigDict, dataset, steps: int = 3) -> float:
   """Median wall time of a training step of ``config``'s net, timed after its compile.
 
@@ -135,6 +124,7 @@ def _duration(seconds: float) -> str:
 def announce_time(named, dataset, workdir: str) -> None:
   """Prints how long the unfinished runs will take here, from timed first steps (CPU only)."""
   import jax  # pylint: disable=g-import-not-at-top
+  from cnn_jax.native import autotune  # pylint: disable=g-import-not-at-top
   pending = [(n, c) for n, c in named if not runner.is_finished(os.path.join(workdir, n))]
   if jax.default_backend() != "cpu" or not pending:
     return
@@ -148,7 +138,7 @@ def announce_time(named, dataset, workdir: str) -> None:
   total = estimate_seconds(pending, dataset, lambda d: timed[lo] + slope * (d - lo))
   steps = ", ".join(f"{first.model}-{d} {timed[d]:.2f} s" for d in timed)
   runner.print_line(
-      f"depth_study on a CPU ({_cpu_model()}, {os.cpu_count()} cores): {len(pending)} runs "
+      f"depth_study on a CPU ({autotune.cpu_model()}, {os.cpu_count()} cores): {len(pending)} runs "
       f"will take about {_duration(total)} (timed steps at batch "
       f"{first.batch_size}: {steps}, other depths interpolated linearly, evaluation counted; "
       f"timing took {time.time() - t0:.0f} s). Running anyway.")
