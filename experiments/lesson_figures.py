@@ -8,16 +8,14 @@ from __future__ import annotations
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from cnn_jax import atomic
+from cnn_jax import plotting
 
 
 def new_figure(columns: int = 1, rows: int = 1, *, panel=(5.0, 3.8)):
-  """A ``Figure`` on an Agg canvas and its axes, as a 2-D array ``(rows, columns)``."""
-  fig = Figure(figsize=(panel[0] * columns, panel[1] * rows))
-  FigureCanvasAgg(fig)
+  """A ``Figure`` on its own Agg canvas (``cnn_jax.plotting.new_figure``) and its axes, as a
+  2-D array ``(rows, columns)``."""
+  fig = plotting.new_figure(panel[0] * columns, panel[1] * rows)
   axes = np.asarray(fig.subplots(rows, columns, squeeze=False))
   return fig, axes
 

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cnn_jax import atomic
+from cnn_jax import plotting
 from experiments import runner
 
 SEED = "seed"
@@ -225,15 +226,12 @@ def plot_mean_curves(rows: Sequence[dict], keys: Sequence[str], path: str) -> No
   else one panel; one colour per configuration. Drawn on a ``Figure`` of its own (no pyplot
   state), so it is safe on any thread.
   """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   groups: dict[tuple, list[dict]] = {}
   for row in rows:
     groups.setdefault(tuple(row.get(k, "") for k in keys), []).append(row)
   panel_key = "model" if "model" in keys else None
   panels = sorted({str(g[0].get(panel_key, "")) for g in groups.values()}) if panel_key else [""]
-  fig = Figure(figsize=(5.5 * len(panels), 4.4))
-  FigureCanvasAgg(fig)
+  fig = plotting.new_figure(5.5 * len(panels), 4.4)
   axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
   colours = [f"C{i}" for i in range(10)]
   for ax, panel in zip(axes, panels):
