@@ -29,6 +29,7 @@ import numpy as np
 
 from cnn_jax import atomic
 from cnn_jax import plotting
+from cnn_jax import rundir
 from experiments import runner
 
 SEED = "seed"
@@ -36,10 +37,6 @@ SEED = "seed"
 NOT_METRICS = ("resumed_from", "devices", "processes")
 # Config fields that may differ between runs of one configuration (bookkeeping, or set by the
 # trainer from the data).
-NOT_IDENTITY = ("seed", "progress", "resume", "overwrite", "parallel_runs", "num_classes",
-                "coordinator_address", "num_processes", "process_id")
-
-
 def is_seed_sweep(runs) -> bool:
   """Whether ``seed`` is one of the swept fields (``runs``: ``runner.RunSpec``s)."""
   return any(field == SEED for field, _ in runs[0].overrides)
@@ -49,15 +46,16 @@ def is_seed_sweep(runs) -> bool:
 
 
 def _differences(recorded: dict, wanted: dict) -> list[str]:
-  return [f"{k}={recorded[k]!r} there, {wanted[k]!r} here" for k in sorted(wanted)
-          if k in recorded and k not in NOT_IDENTITY and recorded[k] != wanted[k]]
+  """The fields ``rundir.differing_fields`` finds (bookkeeping aside), each with both values."""
+  return [f"{k}={recorded[k]!r} there, {wanted[k]!r} here"
+          for k in rundir.differing_fields(recorded, wanted)]
 
 
 def check_sweep(runs, root: str) -> None:
   """Stops a seed sweep that would mix finished runs of another config into its means.
 
   A finished run of the sweep (``summary.json``) whose recorded ``config.json`` differs from
-  the sweep's config for it in any field but ``NOT_IDENTITY``, or a finished single run in
+  the sweep's config for it in any field but ``rundir.BOOKKEEPING_FIELDS``, or a finished single run in
   ``root`` itself, would be skipped and read back as if it were a seed of this config.
 
   Raises:
