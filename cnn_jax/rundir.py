@@ -24,7 +24,7 @@ import os
 import socket
 import subprocess
 import threading
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 # Fields that steer how a run is carried out or shown, not what it computes; they may differ
 # between a run and its rerun. num_classes is set by the trainer from the data (which the
@@ -78,12 +78,13 @@ def read_config(workdir: str) -> dict | None:
 
 
 def check_same_config(workdir: str, config: Mapping[str, Any], *, what: str = "run",
-                      resolve: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
-                      ) -> None:
+                      resolve: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+                      ignore: Collection[str] = ()) -> None:
   """Raises ``RunDirError`` if ``workdir`` records a config that differs from ``config``.
 
   ``resolve`` (e.g. ``cnn_jax.models.resolved``) is applied to both configs first, so that a
   field left to the model's own default compares equal to the value recorded for it.
+  ``ignore``: fields that may differ (a study's grid, whose runs are each checked on their own).
 
   Raises:
     RunDirError: one line naming the differing fields (both values) and the ways on.
@@ -93,7 +94,7 @@ def check_same_config(workdir: str, config: Mapping[str, Any], *, what: str = "r
     return
   if resolve is not None:
     saved, config = resolve(saved), resolve(config)
-  fields = differing_fields(saved, config)
+  fields = [f for f in differing_fields(saved, config) if f not in ignore]
   if not fields:
     return
   shown = ", ".join(f"{f}={saved[f]!r} there, {config[f]!r} now" for f in fields[:4])

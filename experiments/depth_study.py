@@ -36,6 +36,9 @@ from experiments import runner
 from experiments import study
 
 
+# The study's grid: a rerun may add or drop nets; each run in it is checked on its own.
+GRID_FIELDS = ("models", "depths", "extra")
+
 # He et al. (2016), CIFAR-10 test error (%). ResNets: Table 6. Plain nets: read from Fig. 6
 # (left, the bold test-error curves at the end of training), to about ±0.5 points.
 PAPER_TEST_ERROR = {
@@ -61,7 +64,10 @@ def named_runs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collecti
       raise ValueError(f"extra={config.extra!r}: write model-depth items, e.g. resnet-110.")
     if (model, int(depth)) not in pairs:
       pairs.append((model, int(depth)))
-  return [(f"{model}-{depth}", study.variant(config, model=model, depth=depth))
+  # Each run's config names its own net, not the study's grid: a study that grows (more depths,
+  # an extra net) keeps its finished runs instead of finding them "another config".
+  return [(f"{model}-{depth}", study.variant(config, model=model, depth=depth, models=model,
+                                             depths=str(depth), extra=""))
           for model, depth in pairs]
 
 

@@ -220,7 +220,8 @@ def check_identity(name: str, config: ml_collections.ConfigDict, workdir: str) -
   """Raises ``rundir.RunDirError`` if ``workdir`` holds a run that this one must not reuse.
 
   That is a run of another experiment, or (unless the experiment ``RECOMPUTES``, being cheap
-  and derived: summary, datasets) one with another config (see ``cnn_jax.rundir``). Tools on
+  and derived: summary, datasets) one with another config (see ``cnn_jax.rundir``); a study's
+  ``GRID_FIELDS`` may differ, as each of its runs is checked on its own. Tools on
   an existing run (``WRITES_SUMMARY = False``: plot) are not checked.
   """
   module = experiment_module(name)
@@ -236,7 +237,8 @@ def check_identity(name: str, config: ml_collections.ConfigDict, workdir: str) -
                              "--overwrite replaces it, or give another --workdir.")
   if not getattr(module, "RECOMPUTES", False):
     from cnn_jax import models  # pylint: disable=g-import-not-at-top
-    rundir.check_same_config(workdir, config.to_dict(), resolve=models.resolved)
+    rundir.check_same_config(workdir, config.to_dict(), resolve=models.resolved,
+                             ignore=getattr(module, "GRID_FIELDS", ()))
 
 
 def run_one(name: str, config: ml_collections.ConfigDict, workdir: str, *,
@@ -259,7 +261,8 @@ def run_one(name: str, config: ml_collections.ConfigDict, workdir: str, *,
       return _run_replacing(name, config, workdir)
     if not overwrite:
       check_identity(name, config, workdir)
-    if is_finished(workdir) and not (overwrite or recomputes):
+    again = overwrite or recomputes or _grid_changed(module, config, workdir)
+    if is_finished(workdir) and not again:
       print(f"{workdir} is finished (summary.json); --overwrite runs it again.")
       return read_summary(workdir)
     atomic.write_json(os.path.join(workdir, RUN_RECORD),
@@ -268,9 +271,18 @@ def run_one(name: str, config: ml_collections.ConfigDict, workdir: str, *,
     summary = module.run(config, workdir)
     if summary is None:
       summary = {}
-    if not is_finished(workdir) or overwrite or recomputes:
+    if not is_finished(workdir) or again:
       atomic.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
+
+
+def _grid_changed(module, config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """Whether a study's ``GRID_FIELDS`` differ from those recorded in ``workdir``: it has grown
+  (or shrunk) and runs again, training only its new runs."""
+  saved = rundir.read_config(workdir) or {}
+  current = config.to_dict()
+  return any(f in saved and saved[f] != current.get(f)
+             for f in getattr(module, "GRID_FIELDS", ()))
 
 
 def _run_replacing(name: str, config: ml_collections.ConfigDict, workdir: str) -> dict:

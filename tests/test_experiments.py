@@ -271,3 +271,18 @@ def test_unscanned_twin_computes_the_same_function(rng):
   # The same float32 operations in the same order, scanned or not: 1e-5 covers XLA's fusion.
   np.testing.assert_allclose(twin.apply(twin_variables, x), model.apply(variables, x),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_a_depth_study_that_grows_keeps_its_finished_runs(tmp_path):
+  """Adding a depth to a finished study trains only the new net; the old run is not refused as
+  "another config" (its config names its own net, not the study's grid) and not retrained."""
+  workdir = str(tmp_path / "depth")
+  config = _tiny_config("depth_study")
+  config.models, config.depths = "plain", "8"
+  runner.run_one("depth_study", config, workdir)
+  summary = os.path.join(workdir, "plain-8", "summary.json")
+  stamp = os.stat(summary).st_mtime_ns
+  config.depths = "8,14"
+  runner.run_one("depth_study", config, workdir)
+  assert os.stat(summary).st_mtime_ns == stamp  # skipped, not run again
+  assert [r["model"] for r in _read_csv(os.path.join(workdir, "results.csv"))] == ["plain"] * 2
