@@ -187,7 +187,8 @@ def compare_variants(config: ml_collections.ConfigDict, workdir: str, *, title: 
   """Trains one run per ``config.variants`` item and tabulates accuracy beside cost.
 
   The table has the variant, parameters, MACs, FLOPs, receptive field, images/s (from the
-  run's summary) and final train/test error; the plot shows test error per variant.
+  run's summary) and final train/test error (and validation error, with a validation split);
+  the plot shows test error per variant.
   """
   from cnn_jax import models  # pylint: disable=g-import-not-at-top
   from experiments import figures  # pylint: disable=g-import-not-at-top
@@ -204,6 +205,7 @@ def compare_variants(config: ml_collections.ConfigDict, workdir: str, *, title: 
     row.update({
         "images_per_s": r.images_per_sec,
         "train_error": r.train_error,
+        **({"validation_error": r.validation_error} if r.validation_error != "" else {}),
         "test_error": r.test_error,
     })
     rows.append(row)

@@ -286,3 +286,19 @@ def test_a_depth_study_that_grows_keeps_its_finished_runs(tmp_path):
   runner.run_one("depth_study", config, workdir)
   assert os.stat(summary).st_mtime_ns == stamp  # skipped, not run again
   assert [r["model"] for r in _read_csv(os.path.join(workdir, "results.csv"))] == ["plain"] * 2
+
+
+def test_variant_study_reports_validation_error_from_each_run(tmp_path):
+  """With a validation split, a variant study's table has each run's own validation error,
+  beside (not instead of) its test error."""
+  workdir = str(tmp_path / "resnext")
+  config = _tiny_config("resnext")
+  config.validation_size = 30
+  runner.run_one("resnext", config, workdir)
+  rows = _read_csv(os.path.join(workdir, "results.csv"))
+  assert rows
+  for row in rows:
+    summary = runner.read_summary(os.path.join(workdir, row["variant"]))
+    assert float(row["validation_error"]) == pytest.approx(
+        1.0 - summary["validation_accuracy"], abs=1e-12)
+    assert float(row["test_error"]) == pytest.approx(1.0 - summary["test_accuracy"], abs=1e-12)
