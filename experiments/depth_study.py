@@ -99,8 +99,9 @@ def seconds_per_step(config: ml_collections.ConfigDict, dataset, steps: int = 3)
   small = dataclasses.replace(dataset, x_train=dataset.x_train[:2 * batch],
                               y_train=dataset.y_train[:2 * batch], x_test=dataset.x_test[:batch],
                               y_test=dataset.y_test[:batch], x_val=None, y_val=None)
-  probe = study.variant(config, num_steps=1 + steps, eval_every=1, checkpoint_every=0,
-                        log_grad_norms_every=0, progress=False, overwrite=True)
+  probe = study.variant(config, num_steps=1 + steps, warmup_steps=0, eval_every=1,
+                        checkpoint_every=0, log_grad_norms_every=0, progress=False,
+                        overwrite=True)
   with tempfile.TemporaryDirectory(prefix="depth_study_probe_") as tmp:
     train.train_and_evaluate(probe, tmp, dataset=small)
     rates = [m["images_per_sec"] for m in study.read_metrics(tmp)[1:]]

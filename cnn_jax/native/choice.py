@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 
 import jax.numpy as jnp
 
@@ -93,6 +94,8 @@ def resolve(kernels: str, conv_algorithm: str = "auto", *, grad: str = "hand",
     reason = f"grad={grad!r} (they run the hand-written VJPs: give grad=hand)"
   else:
     reason = ffi.load_failure()
+    if reason is not None and kernels == "auto":
+      _say_once(f"kernels='auto' runs XLA's convolutions: {reason}")
   if reason is None:
     if num_devices is None:
       import jax  # pylint: disable=g-import-not-at-top
@@ -106,6 +109,13 @@ def resolve(kernels: str, conv_algorithm: str = "auto", *, grad: str = "hand",
   if kernels == "native":
     raise ValueError(f"kernels='native' cannot run: {reason}; allowed here: auto, xla")
   return XLA
+
+
+@functools.lru_cache(maxsize=None)
+def _say_once(line: str) -> None:
+  """Prints ``line`` to stderr the first time this process meets it (a fall-back the user
+  should know of, since it changes the speed, not the numbers)."""
+  print(line, file=sys.stderr)
 
 
 def from_config(config, num_devices: int | None = None) -> Kernels:

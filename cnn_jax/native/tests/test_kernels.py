@@ -316,6 +316,25 @@ def test_resolve_takes_native_only_where_it_can_run_and_says_why_not():
     native.resolve("native", grad="autodiff")
 
 
+def test_auto_without_the_library_says_once_that_xla_runs(monkeypatch, capsys):
+  """A library that is not built makes ``auto`` fall back to XLA (slower, same numbers): the
+  user is told in one line, once per process; an explicit ``xla`` says nothing."""
+  from cnn_jax.native import choice, ffi  # pylint: disable=g-import-not-at-top
+  reason = "the native library is not built (a reason drawn for this test)"
+  monkeypatch.setattr(ffi, "load_failure", lambda: reason)
+  choice._say_once.cache_clear()  # pylint: disable=protected-access
+  assert native.resolve("xla", grad="hand") == native.XLA
+  assert capsys.readouterr().err == ""
+  for _ in range(2):
+    assert native.resolve("auto", grad="hand") == native.XLA
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "kernels='auto' runs XLA's convolutions" in err
+  assert reason in err
+  with pytest.raises(ValueError, match="kernels='native' cannot run: the native library"):
+    native.resolve("native", grad="hand")
+  choice._say_once.cache_clear()  # pylint: disable=protected-access
+
+
 def test_conv_tile_picks_winograd_by_the_algorithm(rng):
   x, w = _draw_winograd_case(rng, tile=4)  # sizes multiples of 4: both tiles apply
   spec = correlation.window_spec(x.shape, (3, 3), 1, "SAME", 1)
