@@ -113,4 +113,7 @@ def cifar10(config, *, cpu: bool):
   config.eval_every = 100
   config.checkpoint_every = 200
   config.log_grad_norms_every = 200
+  # One run at a time: the native kernels' OpenMP threads spin at their barriers, and two runs
+  # sharing 2 cores slowed the 56-layer net's steps from ~1 s to ~2.7 s (2026-12-07, AMD EPYC).
+  config.parallel_runs = 1
   return config
