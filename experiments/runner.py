@@ -285,12 +285,25 @@ def _grid_changed(module, config: ml_collections.ConfigDict, workdir: str) -> bo
              for f in getattr(module, "GRID_FIELDS", ()))
 
 
+OVERWRITE_PREFIX, OVERWRITE_SUFFIX = ".", ".overwrite"  # .<name>.overwrite: a run replacing <name>
+
+
+def run_name(workdir: str) -> str:
+  """The name a run is shown by: its folder's, also while it trains in the folder that will
+  replace that one (``_run_replacing``)."""
+  name = os.path.basename(os.path.abspath(workdir))
+  if name.startswith(OVERWRITE_PREFIX) and name.endswith(OVERWRITE_SUFFIX):
+    return name[len(OVERWRITE_PREFIX):-len(OVERWRITE_SUFFIX)] or name
+  return name
+
+
 def _run_replacing(name: str, config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs afresh in ``.<workdir>.overwrite`` beside ``workdir`` (held locked by the caller),
   then swaps the two folders: the old results stay whole until the new run has finished.
   Started again after a crash, a new run there of the same config resumes."""
   workdir = os.path.abspath(workdir)
-  fresh = os.path.join(os.path.dirname(workdir), f".{os.path.basename(workdir)}.overwrite")
+  fresh = os.path.join(os.path.dirname(workdir),
+                       f"{OVERWRITE_PREFIX}{os.path.basename(workdir)}{OVERWRITE_SUFFIX}")
   try:
     check_identity(name, config, fresh)
   except rundir.RunDirError:

@@ -9,7 +9,6 @@ at the end, summary.json into the workdir (see docs/training.md).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import ml_collections
@@ -29,7 +28,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """``cnn_jax.train.train_and_evaluate(config, workdir)``: the run's summary, also printed
   in one line."""
   summary = train_and_evaluate(config, workdir)
-  runner.print_line(study.run_line(os.path.basename(os.path.abspath(workdir)), summary))
+  runner.print_line(study.run_line(runner.run_name(workdir), summary))
   return summary
 
 

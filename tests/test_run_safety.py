@@ -160,6 +160,8 @@ def test_overwrite_flag_alone_retrains_a_single_training_run(tmp_path):
   assert again.returncode == 0, again.stderr[-2000:]
   assert json.loads((workdir / "config.json").read_text())["learning_rate"] == 0.02
   assert json.loads((workdir / "summary.json").read_text())["steps"] == 2
+  # Its result line names the run, not the folder it trained in before the swap.
+  assert "w: train error" in again.stdout and ".overwrite" not in again.stdout, again.stdout
 
 
 
