@@ -25,14 +25,18 @@ from absl import logging
 class Checkpoints:
   """A thin wrapper over ``ocp.CheckpointManager`` for one run's ``checkpoints/`` folder."""
 
-  def __init__(self, directory: str, keep: int):
-    """Opens (creating) ``directory``; keeps the newest ``keep`` checkpoints."""
+  def __init__(self, directory: str, keep: int, *, read_only: bool = False):
+    """Opens (creating) ``directory``; keeps the newest ``keep`` checkpoints.
+
+    ``read_only``: for reading only; it neither creates the folder nor starts the background
+    clean-up of unfinished saves, which would race a caller that then removes the folder.
+    """
     if int(keep) != keep or keep < 1:
       raise ValueError(f"keep_checkpoints={keep!r}: must be an integer >= 1")
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=int(keep), create=True, enable_async_checkpointing=False,
-        cleanup_tmp_directories=True)
+        max_to_keep=int(keep), create=not read_only, enable_async_checkpointing=False,
+        cleanup_tmp_directories=not read_only, read_only=read_only)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
 
@@ -95,7 +99,7 @@ def restore_newest(directory: str, keep: int, like,
   """
   if not os.path.isdir(directory):
     return None, None, None
-  ckpts = Checkpoints(directory, keep)
+  ckpts = Checkpoints(directory, keep, read_only=True)
   unreadable, found = [], (None, None, None)
   try:
     steps = sorted(ckpts.all_steps(), reverse=True)
