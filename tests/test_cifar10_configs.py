@@ -55,8 +55,8 @@ def test_estimate_counts_steps_and_evaluation():
     x_train, x_test, x_val = np.zeros(9000), np.zeros(2000), np.zeros(1000)
 
   seconds = depth_study.estimate_seconds(named, Data, lambda depth: depth / 100)
-  # By hand: per run steps*t + t/3 * (10 evals * 3,000 + 9,000) / 128.
-  expected = sum(t * 1000 + t / 3 * (10 * 3000 + 9000) / 128 for t in (0.2, 0.56, 0.2, 0.56))
+  # By hand: per run 800 steps * t + t/3 * (8 evals * 3,000 + 9,000) / 128.
+  expected = sum(t * 800 + t / 3 * (8 * 3000 + 9000) / 128 for t in (0.2, 0.56, 0.2, 0.56))
   assert seconds == pytest.approx(expected, rel=1e-12)
 
 
