@@ -97,8 +97,8 @@ def cifar10(config, *, cpu: bool):
     return config
   config.depths = "20,56"
   # 10,000 training images (the shared subset, or a fixed 10k of TFDS cifar10's 50k): 1,000
-  # held out for validation, 9,000 trained on for 800 iterations (~11 epochs), the four runs
-  # ~35 min on 2 cores (AMD EPYC Zen 3; docs/experiments.md). ÷10 at 400 and 600.
+  # held out for validation, 9,000 trained on for 800 iterations (~11 epochs): the four runs
+  # took 32-35 min per seed on 2 cores (AMD EPYC Zen 3, 2026-12-07; docs/experiments.md).
   config.validation_size = 1_000
   config.train_size = 9_000
   config.num_steps = 800
