@@ -9,6 +9,8 @@ layers (``cnn_jax.layers``) call it where the config's ``kernels`` choice, resol
   * ``build.py``: the build (``pip install`` runs it; ``python -m cnn_jax.native build``);
   * ``ffi.py``: the differentiable JAX functions over the handlers;
   * ``choice.py``: which layers run them;
+  * ``autotune.py``: the per-shape choice by measurement (``conv_algorithm="autotune"``, the
+    default), cached on disk and recorded in each run's ``kernels.json``;
   * ``tests/`` and ``bench/``: their tests (against the pure ops) and C++ micro-benchmarks.
 
 ``python -m cnn_jax.native status`` says whether the library loads here.
@@ -23,6 +25,7 @@ from cnn_jax.native.choice import (
     conv_tile,
     from_config,
     resolve,
+    with_choices_file,
 )
 from cnn_jax.native.ffi import (
     CHANNEL_SUMS,

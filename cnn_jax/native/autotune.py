@@ -12,15 +12,25 @@ the CPU model, the native library's source hash, the JAX version and the layer's
 the next run (or the next layer of the same shape) reads it instead of measuring.
 
 The choice is a function of the shape and the machine, read while tracing; a jitted function
-traced again on the same machine makes the same choice. ``python -m cnn_jax.native autotune``
-tunes a ResNet's layers and prints the table of candidates and times.
+traced again on the same machine makes the same choice. One tuner measures at a time (a
+thread lock and a lock file beside the cache): parallel runs, in threads or processes, wait
+for the first one's measurement and read the same choice. A training run also records its
+choices in its workdir (``Kernels.choices_file``, ``kernels.json``) and reads them back
+first, so a run resumed after the cache changed, or on another machine where the same
+candidates apply, keeps its kernels and its numbers.
+
+``python -m cnn_jax.native autotune`` tunes a ResNet's layers and prints the table of
+candidates and times.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
+import threading
 import time
 
 import jax
@@ -56,24 +66,49 @@ def cpu_model() -> str:
   return "unknown CPU"
 
 
-def shape_key(x_shape, w_shape, spec, candidates) -> str:
-  """The cache key of one layer on this machine and library."""
-  return "|".join([cpu_model(), build_lib.cache_key(), f"jax {jax.__version__}",
-                   f"x{tuple(x_shape)}", f"w{tuple(w_shape)}", f"s{spec.stride}",
+def machine_key() -> str:
+  """What a measurement holds for: this CPU model, native library and JAX version."""
+  return "|".join([cpu_model(), build_lib.cache_key(), f"jax {jax.__version__}"])
+
+
+def layer_key(x_shape, w_shape, spec, candidates) -> str:
+  """One layer's shapes, window and candidates (the key of a run's recorded choice)."""
+  return "|".join([f"x{tuple(x_shape)}", f"w{tuple(w_shape)}", f"s{spec.stride}",
                    f"d{spec.dilation}", f"p{spec.pads}", ",".join(candidates)])
 
 
-def _read() -> dict:
+def shape_key(x_shape, w_shape, spec, candidates) -> str:
+  """The cache key of one layer on this machine and library."""
+  return machine_key() + "|" + layer_key(x_shape, w_shape, spec, candidates)
+
+
+def _read(path: str) -> dict:
   try:
-    with open(cache_file(), encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, ValueError):
     return {}
 
 
-def _write(entries: dict) -> None:
+def _write(path: str, entries: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  atomic.write_text(path, json.dumps(entries, indent=1, sort_keys=True) + "\n")
+
+
+_ONE_TUNER = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_tuner():
+  """Held while a layer is looked up, measured and written: by one thread of this process
+  and, through ``autotune.json.lock`` beside the cache, by one process of this machine."""
   os.makedirs(os.path.dirname(cache_file()), exist_ok=True)
-  atomic.write_text(cache_file(), json.dumps(entries, indent=1, sort_keys=True) + "\n")
+  with _ONE_TUNER, open(cache_file() + ".lock", "a", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _step(candidate, spec):
@@ -138,28 +173,48 @@ def measure(x_shape, w_shape, spec, candidates, repeats: int = 5, timer=None) ->
   return {"choice": min(medians, key=medians.get), "seconds": medians, "rejected": rejected}
 
 
-def choose(x_shape, w_shape, spec, candidates) -> str:
-  """The cached choice for this layer, measured (and cached) on first use."""
-  key = shape_key(x_shape, w_shape, spec, candidates)
-  entries = _read()
-  if key not in entries:
-    # Called while a model is traced: the measurement runs eagerly, outside that trace.
-    with jax.ensure_compile_time_eval():
-      result = measure(x_shape, w_shape, spec, candidates)
-    entries = _read()  # another process may have written meanwhile
-    entries[key] = result
-    _write(entries)
-  return entries[key]["choice"]
+def choose(x_shape, w_shape, spec, candidates, choices_file: str | None = None) -> str:
+  """The choice for this layer: recorded in ``choices_file``, else cached on this machine,
+  else measured now (and cached).
+
+  Args:
+    x_shape, w_shape, spec: the layer.
+    candidates: names from ``CANDIDATES`` that take it (``"xla"`` first).
+    choices_file: a run's record of its choices (``Kernels.choices_file``), or ``None``. A
+      layer recorded there gets that choice whatever the cache says now; a layer that is not
+      gets the cache's choice, which is added.
+  """
+  layer = layer_key(x_shape, w_shape, spec, candidates)
+  if choices_file is not None:
+    recorded = _read(choices_file).get(layer)
+    if recorded is not None:
+      return recorded
+  key = machine_key() + "|" + layer
+  with _one_tuner():
+    entries = _read(cache_file())  # another run may have measured it meanwhile
+    if key not in entries:
+      # Called while a model is traced: the measurement runs eagerly, outside that trace.
+      with jax.ensure_compile_time_eval():
+        entries[key] = measure(x_shape, w_shape, spec, candidates)
+      _write(cache_file(), entries)
+    choice = entries[key]["choice"]
+    if choices_file is not None:
+      recorded = _read(choices_file)
+      choice = recorded.setdefault(layer, choice)
+      _write(choices_file, recorded)
+  return choice
 
 
 def table(entries: dict | None = None) -> str:
-  """The cached choices and times on this CPU, one line per layer shape."""
-  entries = _read() if entries is None else entries
+  """The cached choices and times on this CPU, library and JAX version, one line per layer
+  shape."""
+  entries = _read(cache_file()) if entries is None else entries
   lines = [f"autotuned convolutions on {cpu_model()} ({cache_file()}):"]
+  machine = machine_key() + "|"
   for key, entry in sorted(entries.items()):
-    fields = key.split("|")
-    if fields[0] != cpu_model():
+    if not key.startswith(machine):
       continue
+    fields = key.split("|")
     times = ", ".join(f"{c} {1e3 * s:.2f} ms" for c, s in sorted(entry["seconds"].items(),
                                                                    key=lambda kv: kv[1]))
     rejected = "".join(f"; {c} rejected (error {e:.1e})" for c, e in entry["rejected"].items())

@@ -13,14 +13,15 @@ for its own shape.
   * ``"native"``: as ``"auto"``, but a layer or run the kernels cannot take is an error.
 
 ``conv_algorithm`` (for the convolutions that run natively):
+  * ``"autotune"`` (the default): per layer shape, the fastest of XLA's convolution, oneDNN's
+    direct algorithm and F(2x2, 3x3) (where it applies), measured on first use, cached on
+    disk and recorded in the run's ``kernels.json`` (``autotune.py``; the fastest differs
+    between CPUs); ``"autotune_winograd4"`` adds F(4x4, 3x3) to the candidates;
   * ``"auto"``: Winograd F(2x2, 3x3) on the layers it takes (stride 1, 3x3, padding 1, even
     sizes, channels multiples of 8 in and 16 out, AVX2+FMA), oneDNN's direct algorithm on the
     rest;
   * ``"auto_winograd4"``: F(4x4, 3x3) where the sizes are also multiples of 4 (its float32
     rounding 10-20x F(2x2)'s, ~1e-5 of the largest entry), then as ``"auto"``;
-  * ``"autotune"``: per layer shape, the fastest of XLA's convolution, oneDNN's direct
-    algorithm and F(2x2, 3x3) (where it applies), measured on first use and cached on disk
-    (``autotune.py``); ``"autotune_winograd4"`` adds F(4x4, 3x3) to the candidates;
   * ``"direct"``: oneDNN's direct algorithm for every layer;
   * ``"winograd2"``, ``"winograd4"``: that Winograd algorithm on every native layer; a layer
     it does not take (a 5x5 or stride-2 convolution) is an error.
@@ -51,10 +52,15 @@ class Kernels:
     native: run the native kernels where they apply.
     conv_algorithm: one of ``CONV_ALGORITHMS``.
     strict: a layer the native kernels cannot take raises instead of running XLA's.
+    choices_file: with ``"autotune*"``, the run's record of its per-layer choices
+      (``workdir/kernels.json``, set by the trainer through ``with_choices_file``): a layer
+      recorded there runs that choice, so a resumed run keeps its kernels; ``None``: the
+      machine's cache alone.
   """
   native: bool = False
   conv_algorithm: str = "auto"
   strict: bool = False
+  choices_file: str | None = None
 
 
 XLA = Kernels()
@@ -122,6 +128,15 @@ def from_config(config, num_devices: int | None = None) -> Kernels:
   """``resolve`` of the config's ``kernels``, ``conv_algorithm`` and ``grad``."""
   return resolve(config.get("kernels", "auto"), config.get("conv_algorithm", "auto"),
                  grad=config.get("grad", "autodiff"), num_devices=num_devices)
+
+
+def with_choices_file(model, path: str):
+  """``model`` whose autotuned layers record their choices in ``path`` and read them back
+  (``Kernels.choices_file``); ``model`` itself where nothing is autotuned."""
+  kernels = getattr(model, "kernels", None)
+  if kernels is None or not kernels.native or not kernels.conv_algorithm.startswith("autotune"):
+    return model
+  return model.clone(kernels=dataclasses.replace(kernels, choices_file=path))
 
 
 @functools.lru_cache(maxsize=None)
@@ -199,7 +214,7 @@ def conv_tile(kernels: Kernels, x, w, spec, groups: int = 1) -> int | None:
       candidates.append("winograd2")
     if algorithm == "autotune_winograd4" and winograd_applies(4, x.shape, w.shape, spec):
       candidates.append("winograd4")
-    choice = autotune.choose(x.shape, w.shape, spec, tuple(candidates))
+    choice = autotune.choose(x.shape, w.shape, spec, tuple(candidates), kernels.choices_file)
     return None if choice == autotune.XLA else {"direct": 0, "winograd2": 2,
                                                 "winograd4": 4}[choice]
   for tile in ((4, 2) if algorithm == "auto_winograd4" else (2,)):

@@ -4,12 +4,14 @@ The run directory holds ``config.json`` (the resolved config), ``model_summary.t
 per-layer table: shapes, parameters, MACs, receptive field), ``metrics.jsonl`` (one row per
 ``eval_every`` steps), ``grad_norms.jsonl`` (per-layer gradient norms every
 ``log_grad_norms_every`` steps), TensorBoard ``events.*``, ``checkpoints/<step>/`` and, once the
-run is finished, ``summary.json``. A workdir whose ``summary.json`` exists is a finished run:
-training there again raises ``FileExistsError`` unless ``overwrite=True`` (the sweep runner
-skips such runs itself). An unfinished run resumes from its newest checkpoint
-(``resume=True``, the default) and ends with the same parameters and metrics as a run that
-never stopped: batches and random keys are functions of the step, and the checkpoint carries
-the running metric sums.
+run is finished, ``summary.json``; with ``conv_algorithm="autotune"`` (the default),
+``kernels.json`` records each convolution layer's measured kernel choice. A workdir whose
+``summary.json`` exists is a finished run: training there again raises ``FileExistsError``
+unless ``overwrite=True`` (the sweep runner skips such runs itself). An unfinished run
+resumes from its newest checkpoint (``resume=True``, the default) and ends with the same
+parameters and metrics as a run that never stopped: batches and random keys are functions
+of the step, the checkpoint carries the running metric sums, and ``kernels.json`` the
+kernels.
 
 Every input check runs before anything is written, traced or compiled.
 """
@@ -63,11 +65,14 @@ MODEL_FIELDS = ("model", "depth", "width", "cardinality", "shortcut", "stride", 
 # Files of a previous run that a fresh start (overwrite, or resume=False) removes. Nothing else
 # in the workdir is touched.
 _RUN_FILES = ("summary.json", "config.json", "model_summary.txt", metrics_lib.METRICS_FILE,
-              metrics_lib.GRAD_NORMS_FILE)
+              metrics_lib.GRAD_NORMS_FILE, "kernels.json")
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
 MODEL_SUMMARY_FILE = "model_summary.txt"
+# The autotuned layers' choices (conv_algorithm="autotune*"), recorded on first use and read
+# back on resume: cnn_jax.native.autotune.choose.
+KERNELS_FILE = "kernels.json"
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -374,6 +379,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     atomic.write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
     _write_model_summary(model, input_shape, workdir)
   _sync("cnn_jax.train: workdir ready")
+  # From here on (the workdir is this run's), autotuned layers record their choices in it.
+  model = native.with_choices_file(model, os.path.join(workdir, KERNELS_FILE))
 
   ckpts = checkpoints_lib.Checkpoints(ckpt_dir, config.keep_checkpoints)
   window = {"loss": 0.0, "accuracy": 0.0, "steps": 0}
