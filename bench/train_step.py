@@ -36,8 +36,9 @@ comma-separated lists; every combination is compiled and timed, alternating, in 
 (so ``--devices=1,2`` compares one device with two fake ones under the same load).
 With no ``--grad`` and ``--kernels`` the step is the trainer's default path
 (``experiments/configs/default.py``: ``grad="hand"``, ``kernels="auto"``,
-``conv_algorithm="auto"``: the native kernels where they apply, cnn_jax/native), compiled
-with the trainer's XLA options (``cnn_jax.train.steps.compiler_options``).
+``conv_algorithm="autotune"``: the native kernels where they apply, cnn_jax/native, each
+layer on the kernel measured fastest for its shape), compiled with the trainer's XLA options
+(``cnn_jax.train.steps.compiler_options``).
 ``--kernels=auto,xla,native:direct,...`` times each choice in the same run: ``xla`` the pure
 ops (the path on GPU/TPU), ``native:ALGORITHM`` the native kernels with that
 ``conv_algorithm`` (``cnn_jax.native.CONV_ALGORITHMS``). Every figure is printed with the CPU
@@ -60,7 +61,8 @@ GRADS = ("autodiff", "hand", "hand-conv", "hand-taps")
 # The trainer's kernel choices (cnn_jax.native.KERNELS, CONV_ALGORITHMS), spelled out: the
 # bench runs without the project package too.
 KERNEL_CHOICES = ("auto", "xla") + tuple(
-    f"native:{a}" for a in ("auto", "auto_winograd4", "direct", "winograd2", "winograd4"))
+    f"native:{a}" for a in ("auto", "auto_winograd4", "autotune", "autotune_winograd4",
+                            "direct", "winograd2", "winograd4"))
 
 
 def cpu_model() -> str:
@@ -96,9 +98,9 @@ def _parse(argv):
                       "blocks under nn.scan, so ResNet-56 is unrolled either way")
   parser.add_argument("--kernels", default="auto",
                       help="comma-separated: auto (the trainer's default: kernels=auto, "
-                      "conv_algorithm=auto), xla (the pure ops), native:ALGORITHM (kernels=native "
-                      "with conv_algorithm=ALGORITHM: auto, auto_winograd4, direct, winograd2, "
-                      "winograd4); see cnn_jax/native/choice.py")
+                      "conv_algorithm=autotune), xla (the pure ops), native:ALGORITHM (kernels=native "
+                      "with conv_algorithm=ALGORITHM: auto, auto_winograd4, autotune, "
+                      "autotune_winograd4, direct, winograd2, winograd4); see cnn_jax/native/choice.py")
   parser.add_argument("--dtype", default="float32",
                       help="comma-separated compute dtypes of the project model: float32, "
                       "bfloat16 (parameters stay float32; the twin is float32 only)")
@@ -182,8 +184,8 @@ def build_model(args, grad, dtype="float32", kernels="auto", devices=1):
       config.grad = "hand" if grad.startswith("hand") else "autodiff"
       config.shortcut, config.image_size, config.dtype = "A", args.image_size, dtype
       config.scan_blocks = config.grad == "hand" if args.scan is None else args.scan
-      config.kernels, _, config.conv_algorithm = kernels.partition(":")
-      config.conv_algorithm = config.conv_algorithm or "auto"
+      config.kernels, _, algorithm = kernels.partition(":")
+      config.conv_algorithm = algorithm or config.conv_algorithm  # "auto": the default's
       with config.unlocked():
         config.num_classes = 10
       return models.build(config, num_devices=devices), "cnn_jax.models"

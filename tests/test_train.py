@@ -23,6 +23,7 @@ import numpy as np
 import optax
 import pytest
 
+from cnn_jax import native
 from cnn_jax.train import checkpoints as checkpoints_lib
 from cnn_jax.train import metrics as metrics_lib
 from cnn_jax.train import optim
@@ -483,3 +484,48 @@ def test_no_validation_split_writes_no_validation_numbers(tmp_path):
   assert "validation_accuracy" not in summary
   rows = metrics_lib.read_jsonl(str(tmp_path / "r" / "metrics.jsonl"))
   assert all("val_accuracy" not in r for r in rows)
+
+
+@pytest.mark.skipif(not native.available(),
+                    reason=f"native kernels unavailable: {native.unavailable_reason()}")
+def test_a_resumed_run_keeps_its_recorded_kernels_and_its_numbers(tmp_path, monkeypatch):
+  # conv_algorithm=autotune (the default) picks kernels by measurement, and two kernels differ
+  # in the last bits. A run killed after a checkpoint must resume on the kernels it trained
+  # with even where the machine's cache now says otherwise (deleted, re-measured, another
+  # CPU), or it would not end with the numbers of a run that never stopped.
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  from cnn_jax.native import autotune  # pylint: disable=g-import-not-at-top
+  config = train_fakes.tiny_config(model="resnet", depth=8, grad="hand")
+  assert config.kernels == "auto" and config.conv_algorithm == "autotune"
+  dataset = train_fakes.make_dataset(train_fakes.fresh_seed())
+
+  def model():
+    built = config.copy_and_resolve_references()
+    with built.unlocked():
+      built.num_classes = dataset.num_classes
+    return models.build(built, num_devices=1)
+
+  def machine_measures(winner, cache):
+    monkeypatch.setattr(autotune, "cache_file", lambda: str(tmp_path / cache / "autotune.json"))
+    monkeypatch.setattr(autotune, "measure", lambda *args: {
+        "choice": winner if winner in args[3] else "direct", "seconds": {}, "rejected": {}})
+
+  machine_measures("direct", "cache_then")
+  reference = str(tmp_path / "reference")
+  train_fakes.run(config, reference, model=model(), dataset=dataset)
+  with open(os.path.join(reference, "kernels.json")) as f:
+    recorded = json.load(f)
+  assert set(recorded.values()) == {"direct"}
+  assert any("winograd2" in layer for layer in recorded)  # F(2x2) could have run there
+  killed = str(tmp_path / "killed")  # as if killed after its checkpoint at step 4
+  shutil.copytree(reference, killed)
+  os.remove(os.path.join(killed, "summary.json"))
+  shutil.rmtree(os.path.join(killed, "checkpoints", "6"))
+
+  machine_measures("winograd2", "cache_now")
+  summary = train_fakes.run(config, killed, model=model(), dataset=dataset)
+  assert summary["resumed_from"] == 4
+  # Bitwise: the same kernels on the same numbers.
+  assert _rows(killed, "metrics.jsonl") == _rows(reference, "metrics.jsonl")
+  assert _summary(killed) == _summary(reference)
+  jax.tree.map(np.testing.assert_array_equal, _final_state(killed), _final_state(reference))

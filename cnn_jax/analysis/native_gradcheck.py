@@ -49,8 +49,9 @@ class NativeCase:
     x_shape: ``(N, H, W, C)``.
     w_shape: the kernel ``(kh, kw, C_in, C_out)`` (``None`` for BatchNorm).
     stride: of the convolution.
-    default: whether the default training config (``kernels=auto``, ``conv_algorithm=auto``,
-      a CIFAR ResNet) runs this kernel on layers of this kind.
+    default: whether the default training config (a CIFAR ResNet, ``kernels=auto``,
+      ``conv_algorithm=autotune``: per layer shape, the fastest of XLA's convolution, the
+      direct algorithm and F(2x2, 3x3)) can run this kernel on layers of this kind.
   """
   path: str
   x_shape: tuple
@@ -76,10 +77,12 @@ class NativeCase:
 
 
 def quick_cases() -> list[NativeCase]:
-  """One row per kernel, on the layer kinds of a CIFAR ResNet (the trainer's default)."""
+  """One row per kernel and layer kind of a CIFAR ResNet (the trainer's default); the
+  stride-1 3x3 layers run whichever of direct and F(2x2) the autotuner measures faster."""
   return [
       NativeCase("direct", (2, 8, 8, 3), (3, 3, 3, 16), default=True),    # the stem
       NativeCase("direct", (2, 8, 8, 16), (3, 3, 16, 32), stride=2, default=True),
+      NativeCase("direct", (2, 6, 6, 16), (3, 3, 16, 16), default=True),
       NativeCase("winograd2", (2, 6, 6, 16), (3, 3, 16, 16), default=True),
       NativeCase("winograd4", (2, 8, 8, 16), (3, 3, 16, 16)),
       NativeCase("channel_sums", (4, 6, 6, 16), default=True),
@@ -92,7 +95,8 @@ def full_cases() -> list[NativeCase]:
   for size, channels in ((32, 16), (16, 32), (8, 64)):
     x = (2, size, size, channels)
     w = (3, 3, channels, channels)
-    cases += [NativeCase("direct", x, w), NativeCase("winograd2", x, w, default=True),
+    cases += [NativeCase("direct", x, w, default=True),
+              NativeCase("winograd2", x, w, default=True),
               NativeCase("winograd4", x, w), NativeCase("channel_sums", x, default=True)]
     cases.append(NativeCase("direct", x, (3, 3, channels, 2 * channels), stride=2,
                             default=True))

@@ -45,13 +45,14 @@ def get_config() -> ml_collections.ConfigDict:
                                    # convs, one device, library built), XLA's elsewhere;
                                    # xla: the pure ops only (as on GPU/TPU); native: as auto,
                                    # but a layer or run they cannot take is an error
-  config.conv_algorithm = "auto"   # native convs: auto (Winograd F(2x2,3x3) where it
-                                   # applies, oneDNN direct elsewhere) | auto_winograd4
-                                   # (F(4x4,3x3) first; ~1e-5 rounding) | autotune (per
-                                   # shape the fastest of XLA, direct, F(2x2), measured once
-                                   # and cached in ~/.cache/cnn_jax) | autotune_winograd4
-                                   # (F(4x4) competes too) | direct | winograd2 |
-                                   # winograd4 (forced on every native conv)
+  config.conv_algorithm = "autotune"  # native convs: autotune (per layer shape the fastest
+                                   # of XLA, oneDNN direct, F(2x2,3x3), measured on first
+                                   # use, cached in ~/.cache/cnn_jax, recorded in the run's
+                                   # kernels.json) | autotune_winograd4 (F(4x4,3x3) competes
+                                   # too; ~1e-5 rounding) | auto (F(2x2) where it applies,
+                                   # direct elsewhere) | auto_winograd4 (F(4x4) first) |
+                                   # direct | winograd2 | winograd4 (forced on every native
+                                   # conv)
   config.num_classes = 10          # classifier outputs (the trainer sets it from the dataset)
   # Data.
   config.dataset = "digits"        # see `launch.py --experiment=datasets`
