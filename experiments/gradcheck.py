@@ -87,8 +87,9 @@ def run(config, workdir: str) -> dict:
   if notes:
     text += "\nNotes:\n" + "\n".join(notes) + "\n"
   text += ("\n## Native kernels (float32) against float64 autodiff of the pure op\n\n"
-           "What the trainer runs where `kernels` is `auto` or `native` (`(default)`: the "
-           "default training config's path). Errors relative to the largest entry; tolerance "
+           "What the trainer runs where `kernels` is `auto` or `native` (`(default)`: a "
+           "kernel the default training config can run, `conv_algorithm=autotune` choosing "
+           "per layer shape). Errors relative to the largest entry; tolerance "
            "per row: float32 rounding over the longest sum, `FACTOR * sqrt(sum_length) * "
            f"2^-24`, FACTOR {native_gradcheck.FACTOR} (second order: 3x).\n\n")
   text += (native_gradcheck.format_markdown(native_rows) if native_rows
