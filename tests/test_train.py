@@ -529,3 +529,35 @@ def test_a_resumed_run_keeps_its_recorded_kernels_and_its_numbers(tmp_path, monk
   assert _rows(killed, "metrics.jsonl") == _rows(reference, "metrics.jsonl")
   assert _summary(killed) == _summary(reference)
   jax.tree.map(np.testing.assert_array_equal, _final_state(killed), _final_state(reference))
+
+
+@pytest.mark.skipif(not native.available(),
+                    reason=f"native kernels unavailable: {native.unavailable_reason()}")
+def test_autotuning_measures_only_the_shapes_the_steps_run(tmp_path, monkeypatch):
+  # Init, the model summary and the layer names run the model on one example for its shapes.
+  # A kernel measured there costs compile time for a shape no step meets, and lands in the
+  # run's kernels.json; the variables must not depend on the kernels, or init could not skip
+  # them.
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  from cnn_jax.native import autotune  # pylint: disable=g-import-not-at-top
+  config = train_fakes.tiny_config(model="resnet", depth=8, grad="hand")
+  dataset = train_fakes.make_dataset(train_fakes.fresh_seed())
+  with config.unlocked():
+    config.num_classes = dataset.num_classes
+  model = models.build(config, num_devices=1)
+  measured = []
+  monkeypatch.setattr(autotune, "cache_file", lambda: str(tmp_path / "cache" / "autotune.json"))
+  monkeypatch.setattr(autotune, "measure", lambda *args: measured.append(args[0]) or {
+      "choice": "direct", "seconds": {}, "rejected": {}})
+
+  workdir = str(tmp_path / "run")
+  train_fakes.run(config, workdir, model=model, dataset=dataset)
+  assert measured and all(x_shape[0] > 1 for x_shape in measured), measured
+  with open(os.path.join(workdir, "kernels.json")) as f:
+    assert not [layer for layer in json.load(f) if "x(1," in layer]
+
+  x = jnp.asarray(dataset.x_train[:1], jnp.float32)
+  key = jax.random.key(train_fakes.fresh_seed())
+  on_native = model.init(key, x, train=False)
+  on_xla = native.on_xla(model).init(key, x, train=False)
+  jax.tree.map(np.testing.assert_array_equal, on_native, on_xla)

@@ -24,6 +24,7 @@ from cnn_jax.native.choice import (
     Kernels,
     conv_tile,
     from_config,
+    on_xla,
     resolve,
     with_choices_file,
 )

@@ -139,6 +139,16 @@ def with_choices_file(model, path: str):
   return model.clone(kernels=dataclasses.replace(kernels, choices_file=path))
 
 
+def on_xla(model):
+  """``model`` with every layer on XLA's kernels, for the batch-of-one passes that only give
+  the variables and their shapes (init, the model summary, layer names): those are the same
+  whatever the kernels, and no batch-of-one shape gets measured or recorded; ``model`` itself
+  where it has no kernels."""
+  if getattr(model, "kernels", None) is None:
+    return model
+  return model.clone(kernels=XLA)
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_has_avx2_fma() -> bool:
   """Whether this CPU has AVX2 and FMA (the Winograd kernels' instructions)."""
