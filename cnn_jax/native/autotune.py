@@ -6,7 +6,8 @@ random float32 data, forward and both gradients together (what a train step runs
 convolutions with the hand VJPs (``ops.hand.correlate``), oneDNN's direct algorithm, Winograd
 F(2x2, 3x3), and F(4x4, 3x3) only with ``"autotune_winograd4"`` (its rounding is 10-20x
 F(2x2)'s: the user opts in). A candidate whose results differ from XLA's by more than float32
-rounding (``native_gradcheck``'s rule) is never chosen. The fastest is written to
+rounding (``native_gradcheck``'s rule) is never chosen. The fastest (a near tie, within
+``TIE``, going to the earlier of ``CANDIDATES``) is written to
 ``$XDG_CACHE_HOME/cnn_jax/autotune.json`` (default ``~/.cache``; atomic writes) under a key of
 the CPU model, the native library's source hash, the JAX version and the layer's shape, so
 the next run (or the next layer of the same shape) reads it instead of measuring.
@@ -67,8 +68,9 @@ def cpu_model() -> str:
 
 
 def machine_key() -> str:
-  """What a measurement holds for: this CPU model, native library and JAX version."""
-  return "|".join([cpu_model(), build_lib.cache_key(), f"jax {jax.__version__}"])
+  """What a measurement holds for: this CPU model, native library and JAX version, and the
+  rule that picks from the times (``TIE``)."""
+  return "|".join([cpu_model(), build_lib.cache_key(), f"jax {jax.__version__}", f"tie {TIE}"])
 
 
 def layer_key(x_shape, w_shape, spec, candidates) -> str:
@@ -169,8 +171,20 @@ def measure(x_shape, w_shape, spec, candidates, repeats: int = 5, timer=None) ->
       seconds = time.perf_counter() - start
       times[candidate].append(timer(candidate, seconds) if timer else seconds)
   # The fastest of the repeats: other processes only ever add time to a measurement.
-  medians = {c: min(t) for c, t in times.items()}
-  return {"choice": min(medians, key=medians.get), "seconds": medians, "rejected": rejected}
+  best = {c: min(t) for c, t in times.items()}
+  return {"choice": fastest(best), "seconds": best, "rejected": rejected}
+
+
+# A candidate within this fraction of the fastest time counts as tied with it: repeated
+# measurements of one layer on one machine differ by a few percent.
+TIE = 0.05
+
+
+def fastest(seconds: dict) -> str:
+  """The first candidate (in ``CANDIDATES`` order) within ``TIE`` of the fastest time, so a
+  near tie goes the same way each time it is measured instead of by the noise."""
+  least = min(seconds.values())
+  return next(c for c in CANDIDATES if c in seconds and seconds[c] <= least * (1 + TIE))
 
 
 def choose(x_shape, w_shape, spec, candidates, choices_file: str | None = None) -> str:

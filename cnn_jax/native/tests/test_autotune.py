@@ -48,6 +48,17 @@ def test_measure_picks_the_fastest_candidate(winner):
   assert set(result["seconds"]) == set(CANDIDATES) and not result["rejected"]
 
 
+@pytest.mark.parametrize("slower_by, choice", [(0.5, "direct"), (1.5, "winograd2")])
+def test_a_near_tie_goes_to_the_earlier_candidate(slower_by, choice, rng):
+  # direct is slower than winograd2 by slower_by x TIE (jittered): inside the tie it wins as
+  # the earlier candidate whatever the noise says, outside it the faster one does.
+  fraction = slower_by * autotune.TIE * rng.uniform(0.8, 1.2)
+  times = {"xla": 2e-3, "direct": 1e-3 * (1 + fraction), "winograd2": 1e-3, "winograd4": 3e-3}
+  result = autotune.measure(*SHAPE, _spec(), CANDIDATES, repeats=1,
+                            timer=lambda candidate, seconds: times[candidate])
+  assert result["choice"] == choice
+
+
 def test_a_wrong_candidate_is_never_chosen(monkeypatch):
   original = autotune._step  # pylint: disable=protected-access
 
