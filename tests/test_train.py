@@ -536,8 +536,8 @@ def test_a_resumed_run_keeps_its_recorded_kernels_and_its_numbers(tmp_path, monk
 def test_autotuning_measures_only_the_shapes_the_steps_run(tmp_path, monkeypatch):
   # Init, the model summary and the layer names run the model on one example for its shapes.
   # A kernel measured there costs compile time for a shape no step meets, and lands in the
-  # run's kernels.json; the variables must not depend on the kernels, or init could not skip
-  # them.
+  # run's kernels.json; the variables must not depend on the kernels, or init could not take
+  # the fixed rule instead.
   from cnn_jax import models  # pylint: disable=g-import-not-at-top
   from cnn_jax.native import autotune  # pylint: disable=g-import-not-at-top
   config = train_fakes.tiny_config(model="resnet", depth=8, grad="hand")
@@ -558,6 +558,23 @@ def test_autotuning_measures_only_the_shapes_the_steps_run(tmp_path, monkeypatch
 
   x = jnp.asarray(dataset.x_train[:1], jnp.float32)
   key = jax.random.key(train_fakes.fresh_seed())
-  on_native = model.init(key, x, train=False)
-  on_xla = native.on_xla(model).init(key, x, train=False)
-  jax.tree.map(np.testing.assert_array_equal, on_native, on_xla)
+  tuned = model.init(key, x, train=False)
+  untuned = native.without_tuning(model).init(key, x, train=False)
+  jax.tree.map(np.testing.assert_array_equal, tuned, untuned)
+
+
+@pytest.mark.skipif(not native.available(),
+                    reason=f"native kernels unavailable: {native.unavailable_reason()}")
+def test_a_forced_kernel_that_does_not_fit_a_layer_stops_the_run_before_it_writes(tmp_path):
+  # F(2x2, 3x3) takes channels in multiples of 8: the stem (1 -> 16 channels) refuses it.
+  config = train_fakes.tiny_config(model="resnet", depth=8, grad="hand", kernels="native",
+                                   conv_algorithm="winograd2")
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  dataset = train_fakes.make_dataset()
+  with config.unlocked():
+    config.num_classes = dataset.num_classes
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match="conv_algorithm='winograd2' does not apply to a 3x3 "):
+    train_fakes.run(config, str(workdir), model=models.build(config, num_devices=1),
+                    dataset=dataset)
+  assert not workdir.exists() or not list(workdir.iterdir())

@@ -122,7 +122,7 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerReco
   Returns:
     A list of ``LayerRecord``; scanned blocks are unrolled (see ``unrolled``).
   """
-  model = unrolled(native.on_xla(model))  # shapes only: no kernel to measure
+  model = unrolled(native.without_tuning(model))  # shapes only: no kernel to measure
   records: list[LayerRecord] = []
 
   def interceptor(next_fun, args, kwargs, context):
@@ -154,7 +154,7 @@ def count_params(model: nn.Module, input_shape: Sequence[int], *,
   """
   if exclude_norm:
     return sum(r.params for r in trace_layers(model, input_shape) if r.kind != "norm")
-  variables = jax.eval_shape(lambda: native.on_xla(model).init(
+  variables = jax.eval_shape(lambda: native.without_tuning(model).init(
       jax.random.key(0), jnp.zeros(tuple(input_shape), jnp.float32), train=False))
   return sum(_prod(leaf.shape) for leaf in jax.tree.leaves(variables.get("params", {})))
 

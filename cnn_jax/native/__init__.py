@@ -24,9 +24,9 @@ from cnn_jax.native.choice import (
     Kernels,
     conv_tile,
     from_config,
-    on_xla,
     resolve,
     with_choices_file,
+    without_tuning,
 )
 from cnn_jax.native.ffi import (
     CHANNEL_SUMS,

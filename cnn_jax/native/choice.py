@@ -139,14 +139,18 @@ def with_choices_file(model, path: str):
   return model.clone(kernels=dataclasses.replace(kernels, choices_file=path))
 
 
-def on_xla(model):
-  """``model`` with every layer on XLA's kernels, for the batch-of-one passes that only give
-  the variables and their shapes (init, the model summary, layer names): those are the same
-  whatever the kernels, and no batch-of-one shape gets measured or recorded; ``model`` itself
-  where it has no kernels."""
-  if getattr(model, "kernels", None) is None:
+def without_tuning(model):
+  """``model`` for the batch-of-one passes that only give the variables and their shapes
+  (init, the model summary, layer names): the same kernels and the same checks, so a forced
+  kernel that does not apply to a layer fails there, before a run writes anything; but an
+  autotuned layer takes the fixed rule (``auto``) instead of measuring a shape no step runs.
+  The variables do not depend on the kernels."""
+  kernels = getattr(model, "kernels", None)
+  if kernels is None or not kernels.conv_algorithm.startswith("autotune"):
     return model
-  return model.clone(kernels=XLA)
+  fixed = kernels.conv_algorithm.replace("autotune", "auto", 1)
+  return model.clone(kernels=dataclasses.replace(kernels, conv_algorithm=fixed,
+                                                 choices_file=None))
 
 
 @functools.lru_cache(maxsize=None)

@@ -52,8 +52,8 @@ def create(model, tx: optax.GradientTransformation, input_shape: tuple[int, ...]
   """
   root = jax.random.PRNGKey(seed)
   init_key, state_key = jax.random.split(root)
-  # On XLA's kernels: the same variables, and no kernel measured for a batch of one.
-  variables = native.on_xla(model).init({"params": init_key, "dropout": init_key},
+  # The same variables and kernel checks, and no kernel measured for a batch of one.
+  variables = native.without_tuning(model).init({"params": init_key, "dropout": init_key},
                                         jnp.zeros((1, *input_shape), jnp.float32), train=False)
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
@@ -81,7 +81,7 @@ def layer_names(model, input_shape: tuple[int, ...]) -> list[str]:
 
   def init(x):
     keys = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
-    variables = native.on_xla(model).init(keys, x, train=False)
+    variables = native.without_tuning(model).init(keys, x, train=False)
     _walk(variables["params"], (), names)
     return 0
 
