@@ -220,7 +220,8 @@ def make_jax_trainer(model, batch, image_size, devices, seed=0, lr=0.1, momentum
   rng = np.random.default_rng(seed)
   images = rng.standard_normal((batch, image_size, image_size, 3), dtype=np.float32)
   labels = rng.integers(0, 10, batch).astype(np.int32)
-  variables = native.without_tuning(model).init(jax.random.key(seed), jnp.asarray(images[:2]), train=False)
+  variables = native.without_tuning(model).init(jax.random.key(seed), jnp.asarray(images[:2]),
+                                                train=False)
   state = (variables["params"], variables["batch_stats"],
            jax.tree.map(jnp.zeros_like, variables["params"]))
 

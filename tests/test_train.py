@@ -486,6 +486,15 @@ def test_no_validation_split_writes_no_validation_numbers(tmp_path):
   assert all("val_accuracy" not in r for r in rows)
 
 
+def _zoo_model(config, dataset):
+  """``models.build`` of ``config`` (unchanged) for ``dataset``'s classes, on one device."""
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  built = config.copy_and_resolve_references()
+  with built.unlocked():
+    built.num_classes = dataset.num_classes
+  return models.build(built, num_devices=1)
+
+
 @pytest.mark.skipif(not native.available(),
                     reason=f"native kernels unavailable: {native.unavailable_reason()}")
 def test_a_resumed_run_keeps_its_recorded_kernels_and_its_numbers(tmp_path, monkeypatch):
@@ -493,17 +502,10 @@ def test_a_resumed_run_keeps_its_recorded_kernels_and_its_numbers(tmp_path, monk
   # in the last bits. A run killed after a checkpoint must resume on the kernels it trained
   # with even where the machine's cache now says otherwise (deleted, re-measured, another
   # CPU), or it would not end with the numbers of a run that never stopped.
-  from cnn_jax import models  # pylint: disable=g-import-not-at-top
   from cnn_jax.native import autotune  # pylint: disable=g-import-not-at-top
   config = train_fakes.tiny_config(model="resnet", depth=8, grad="hand")
   assert config.kernels == "auto" and config.conv_algorithm == "autotune"
   dataset = train_fakes.make_dataset(train_fakes.fresh_seed())
-
-  def model():
-    built = config.copy_and_resolve_references()
-    with built.unlocked():
-      built.num_classes = dataset.num_classes
-    return models.build(built, num_devices=1)
 
   def machine_measures(winner, cache):
     monkeypatch.setattr(autotune, "cache_file", lambda: str(tmp_path / cache / "autotune.json"))
@@ -512,7 +514,7 @@ def test_a_resumed_run_keeps_its_recorded_kernels_and_its_numbers(tmp_path, monk
 
   machine_measures("direct", "cache_then")
   reference = str(tmp_path / "reference")
-  train_fakes.run(config, reference, model=model(), dataset=dataset)
+  train_fakes.run(config, reference, model=_zoo_model(config, dataset), dataset=dataset)
   with open(os.path.join(reference, "kernels.json")) as f:
     recorded = json.load(f)
   assert set(recorded.values()) == {"direct"}
@@ -523,7 +525,7 @@ def test_a_resumed_run_keeps_its_recorded_kernels_and_its_numbers(tmp_path, monk
   shutil.rmtree(os.path.join(killed, "checkpoints", "6"))
 
   machine_measures("winograd2", "cache_now")
-  summary = train_fakes.run(config, killed, model=model(), dataset=dataset)
+  summary = train_fakes.run(config, killed, model=_zoo_model(config, dataset), dataset=dataset)
   assert summary["resumed_from"] == 4
   # Bitwise: the same kernels on the same numbers.
   assert _rows(killed, "metrics.jsonl") == _rows(reference, "metrics.jsonl")
@@ -538,13 +540,10 @@ def test_autotuning_measures_only_the_shapes_the_steps_run(tmp_path, monkeypatch
   # A kernel measured there costs compile time for a shape no step meets, and lands in the
   # run's kernels.json; the variables must not depend on the kernels, or init could not take
   # the fixed rule instead.
-  from cnn_jax import models  # pylint: disable=g-import-not-at-top
   from cnn_jax.native import autotune  # pylint: disable=g-import-not-at-top
   config = train_fakes.tiny_config(model="resnet", depth=8, grad="hand")
   dataset = train_fakes.make_dataset(train_fakes.fresh_seed())
-  with config.unlocked():
-    config.num_classes = dataset.num_classes
-  model = models.build(config, num_devices=1)
+  model = _zoo_model(config, dataset)
   measured = []
   monkeypatch.setattr(autotune, "cache_file", lambda: str(tmp_path / "cache" / "autotune.json"))
   monkeypatch.setattr(autotune, "measure", lambda *args: measured.append(args[0]) or {
@@ -569,12 +568,8 @@ def test_a_forced_kernel_that_does_not_fit_a_layer_stops_the_run_before_it_write
   # F(2x2, 3x3) takes channels in multiples of 8: the stem (1 -> 16 channels) refuses it.
   config = train_fakes.tiny_config(model="resnet", depth=8, grad="hand", kernels="native",
                                    conv_algorithm="winograd2")
-  from cnn_jax import models  # pylint: disable=g-import-not-at-top
   dataset = train_fakes.make_dataset()
-  with config.unlocked():
-    config.num_classes = dataset.num_classes
   workdir = tmp_path / "run"
   with pytest.raises(ValueError, match="conv_algorithm='winograd2' does not apply to a 3x3 "):
-    train_fakes.run(config, str(workdir), model=models.build(config, num_devices=1),
-                    dataset=dataset)
+    train_fakes.run(config, str(workdir), model=_zoo_model(config, dataset), dataset=dataset)
   assert not workdir.exists() or not list(workdir.iterdir())

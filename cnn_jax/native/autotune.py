@@ -47,6 +47,9 @@ _TILE = {"direct": 0, "winograd2": 2, "winograd4": 4}
 # float32 rounding allowed against XLA's result, relative to the largest entry (as
 # native_gradcheck: 4 sqrt(K) u, doubled because both sides round; F(4x4) 16x that).
 _FACTOR = {"direct": 8, "winograd2": 8, "winograd4": 128}
+# A candidate within this fraction of the fastest time counts as tied with it: repeated
+# measurements of one layer on one machine differ by a few percent.
+TIE = 0.05
 
 
 def cache_file() -> str:
@@ -173,11 +176,6 @@ def measure(x_shape, w_shape, spec, candidates, repeats: int = 5, timer=None) ->
   # The fastest of the repeats: other processes only ever add time to a measurement.
   best = {c: min(t) for c, t in times.items()}
   return {"choice": fastest(best), "seconds": best, "rejected": rejected}
-
-
-# A candidate within this fraction of the fastest time counts as tied with it: repeated
-# measurements of one layer on one machine differ by a few percent.
-TIE = 0.05
 
 
 def fastest(seconds: dict) -> str:

@@ -53,8 +53,9 @@ def create(model, tx: optax.GradientTransformation, input_shape: tuple[int, ...]
   root = jax.random.PRNGKey(seed)
   init_key, state_key = jax.random.split(root)
   # The same variables and kernel checks, and no kernel measured for a batch of one.
-  variables = native.without_tuning(model).init({"params": init_key, "dropout": init_key},
-                                        jnp.zeros((1, *input_shape), jnp.float32), train=False)
+  variables = native.without_tuning(model).init(
+      {"params": init_key, "dropout": init_key}, jnp.zeros((1, *input_shape), jnp.float32),
+      train=False)
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
